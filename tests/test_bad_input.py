@@ -130,3 +130,11 @@ def test_misaligned_prior_and_bad_image_size():
     for size in (0, (32, -1)):
         with pytest.raises(ValueError, match="image_size must be a positive"):
             nats_to_bits_per_pixel(1.0, size)
+
+
+def test_low_precision_inputs_keep_float32_noise_levels():
+    xb = x.bfloat16()
+    bound = prior_elbo(lambda z, lam: z, xb, latent_schedule(), parameterization="v")
+    assert bound.logsnr.dtype == torch.float32 and bound.total.dtype == torch.float32
+    loss = decoder_elbo(lambda z, lam: z, xb, pixel_schedule(8), parameterization="v")
+    assert loss.logsnr.dtype == torch.float32 and loss.loss.dtype == torch.float32
