@@ -6,6 +6,7 @@ without Quarto, so the README stays generated from the notebook. Where Quarto ex
 may be used instead; its output differs only in layout.
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def render() -> str:
     for cell in notebook["cells"]:
         source = text_of(cell["source"]).strip("\n")
         if cell["cell_type"] == "markdown":
-            blocks.append(source)
+            # links between notebooks are relative to nbs/; from the repository root they need the prefix
+            blocks.append(re.sub(r"\]\((?!https?:|#|/)([^)]+\.ipynb)\)", r"](nbs/\1)", source))
             continue
         if cell["cell_type"] != "code":
             continue
