@@ -1,6 +1,8 @@
 """Real multi-process training on this CPU: torchrun with the gloo backend, no mocks.
 
 - 2 processes vs 1 process (and vs 1 process with 2 accumulation steps), same global batch;
+- FSDP2 (fully_shard per block) on 2 processes with accumulation vs 1 process, and an FSDP checkpoint resumed by
+  a single process;
 - a worker killed under `torchrun --max-restarts=3`: the job restarts and resumes from the last checkpoint,
   ending bit-identical to an uninterrupted 2-process run (opt-in with UL_RUN_RESTART_TEST=1: it hangs
   intermittently after the restart, which issue 5 still has to explain);
@@ -34,10 +36,10 @@ def ul_train(*args, processes=1, extra=(), timeout=300, background=False):
     return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-def parameter_differences(run_a, run_b):
+def parameter_differences(run_a, run_b, weights="model"):
     a, b = load_checkpoint(run_a), load_checkpoint(run_b)
     assert a["step"] == b["step"]
-    return torch.cat([(a["model"][k].float() - b["model"][k].float()).abs().flatten() for k in a["model"]])
+    return torch.cat([(a[weights][k].float() - b[weights][k].float()).abs().flatten() for k in a[weights]])
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -57,6 +59,26 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         assert diff.median() < 1e-6 and diff.quantile(0.99) < 1e-5 and diff.max() <= 5e-3, (run, diff.max())
     # and the comparison has teeth: another seed (other batches and noise) is far away
     assert parameter_differences(tmp_path / "one", tmp_path / "other_seed").quantile(0.99) > 1e-2
+
+
+def test_fsdp_matches_one_process_and_its_checkpoint_resumes_without_it(tmp_path):
+    common = [*SMOKE, "--steps", 5, "--batch_size", 4]
+    one = ul_train(*common, "--out_dir", tmp_path / "one")
+    fsdp = ul_train(*common, "--parallel", "fsdp", "--grad_accumulation", 2, "--out_dir", tmp_path / "fsdp",
+                    processes=2)
+    # sharded for 3 steps on 2 processes, then finished by one process from the FSDP checkpoint
+    part = ul_train(*SMOKE, "--steps", 3, "--batch_size", 4, "--parallel", "fsdp", "--out_dir", tmp_path / "moved",
+                    processes=2)
+    for result in (one, fsdp, part):
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert load_checkpoint(tmp_path / "fsdp")["parallel"] == "fsdp"
+    moved = ul_train(*common, "--parallel", "fsdp", "--out_dir", tmp_path / "moved")
+    assert moved.returncode == 0 and f"resuming {tmp_path / 'moved'} from step 3" in moved.stdout, moved.stderr
+    for run in ("fsdp", "moved"):  # the same tolerance as DDP (see above), for the weights and for the EMA
+        diff = parameter_differences(tmp_path / "one", tmp_path / run)
+        assert diff.median() < 1e-6 and diff.quantile(0.99) < 1e-5 and diff.max() <= 5e-3, (run, diff.max())
+        ema = parameter_differences(tmp_path / "one", tmp_path / run, "ema")
+        assert ema.quantile(0.99) < 1e-5 and ema.max() <= 5e-3, (run, ema.max())
 
 
 def _children(pid):
