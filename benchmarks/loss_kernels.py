@@ -3,7 +3,8 @@
     python benchmarks/loss_kernels.py                 # the full grid, appended to results/loss_kernels.csv
     python benchmarks/loss_kernels.py --quick         # two sizes, for a smoke test
 
-For each provider, pass (fwd, bwd, fwd+bwd), dtype (fp32, bf16), batch (16, 64, 256) and per-sample
+For each provider, pass (fwd, bwd, fwd+bwd, and fwd+bwd(mean): the same with `loss.mean()`, as training
+averages the per-sample losses, which costs the kernel one more pass over its gradients), dtype (fp32, bf16), batch (16, 64, 256) and per-sample
 size (3·64² … 3·512²) it records the median time of triton.testing.do_bench, the bandwidth computed from
 the bytes the pass must move, that bandwidth as a percentage of the device's measured copy bandwidth,
 and the peak memory the pass allocates beyond its inputs. Bytes per element of the B×N inputs, s bytes
@@ -13,6 +14,7 @@ device and one run, so ratios between providers are like for like.
 """
 import argparse
 import csv
+import statistics
 import sys
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ["device", "provider", "pass", "dtype", "batch", "numel_per_sample", "ms", "gbps", "pct_copy_bw",
            "peak_mem_mb"]
-BYTES_PER_ELEMENT = {"fwd": 3, "bwd": 5, "fwd+bwd": 5}
+BYTES_PER_ELEMENT = {"fwd": 3, "bwd": 5, "fwd+bwd": 5, "fwd+bwd(mean)": 5}
 
 
 def copy_bandwidth_gbps(device) -> float:
@@ -29,15 +31,77 @@ def copy_bandwidth_gbps(device) -> float:
     from triton.testing import do_bench
     source = torch.empty(2**28, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
-    ms = do_bench(lambda: target.copy_(source))
+    ms = do_bench(lambda: target.copy_(source), return_mode="median")
     return 2 * source.numel() * source.element_size() / (ms * 1e-3) / 1e9
+
+
+def time_backward(forward, leaves, reps: int = 20, warmup: int = 3) -> tuple[float, float]:
+    """Median ms of `loss.backward()` alone, and its peak extra memory in MiB: each repetition builds a fresh graph
+    outside the timed region (do_bench cannot leave the forward out without retain_graph, which torch.compile's
+    donated buffers refuse), flushes the L2 cache as do_bench does, then times the backward with CUDA events."""
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    events, peak_mb = [], 0.0
+    for i in range(warmup + reps):
+        for leaf in leaves:
+            leaf.grad = None
+        loss = forward()
+        flush.zero_()
+        torch.cuda.synchronize()
+        if i == warmup - 1:
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        loss.backward(torch.ones_like(loss))
+        end.record()
+        if i == warmup - 1:
+            torch.cuda.synchronize()
+            peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+        if i >= warmup:
+            events.append((start, end))
+        del loss
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events), peak_mb
+
+
+def plot(csv_path: Path, png_path: Path) -> None:
+    """Median ms of forward + backward against the elements moved, one panel per dtype, with the floor that the
+    measured copy bandwidth sets for the 5 bytes-per-element the pass must move (from each row's own device)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    frame = pd.read_csv(csv_path)
+    frame = frame[frame["pass"] == "fwd+bwd"].assign(elements=lambda f: f["batch"] * f["numel_per_sample"])
+    dtypes = sorted(frame["dtype"].unique())
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.5 * len(dtypes), 4), sharey=True, squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes):
+        rows = frame[frame["dtype"] == dtype]
+        for provider, group in rows.groupby("provider"):
+            group = group.groupby("elements")["ms"].median()  # sizes with the same B·N: their median
+            ax.plot(group.index, group.values, "o-", label=provider)
+        floor = rows.groupby("elements").apply(lambda g: (g["ms"] * g["pct_copy_bw"] / 100).median())
+        ax.plot(floor.index, floor.values, "k--", label="copy-bandwidth floor (5 bytes/elem moved)")
+        ax.set(xscale="log", yscale="log", xlabel="elements per tensor (batch × per-sample)",
+               title=f"{dtype}: forward + backward, {rows['device'].iloc[0]}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("median ms")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    print(f"wrote {png_path}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two sizes and one batch only")
     parser.add_argument("--out", default=str(RESULTS / "loss_kernels.csv"), help="CSV to append to")
+    parser.add_argument("--rep-ms", type=float, default=100.0, help="do_bench's timing budget per measurement (ms)")
+    parser.add_argument("--plot-only", action="store_true", help="only draw results/loss_kernels.png from --out")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(Path(args.out), Path(args.out).with_suffix(".png"))
+        return 0
     if not torch.cuda.is_available():
         print("loss_kernels.py: a CUDA GPU is needed to benchmark the kernel; no rows written.", file=sys.stderr)
         return 2
@@ -48,12 +112,20 @@ def main() -> int:
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
     copy_gbps = copy_bandwidth_gbps(device)
-    print(f"{name}: measured copy bandwidth {copy_gbps:.0f} GB/s")
+    print(f"{name}: measured copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
+    torch._dynamo.config.cache_size_limit = 64  # one compiled graph per dtype and shape must not hit the limit
     compiled = torch.compile(noise_weighted_loss_reference)
     providers = {"eager": noise_weighted_loss_reference, "torch.compile": compiled, "triton": fused_noise_weighted_loss}
     sizes = [3 * 64**2, 3 * 512**2] if args.quick else [3 * 64**2, 3 * 128**2, 3 * 256**2, 3 * 512**2]
     batches = [64] if args.quick else [16, 64, 256]
-    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = not out.exists() or out.stat().st_size == 0
+    handle = open(out, "a", newline="")  # each row is written when measured: a run cut short keeps its rows
+    writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+    if new:
+        writer.writeheader()
+    count = 0
     for dtype in (torch.float32, torch.bfloat16):
         for batch in batches:
             for numel in sizes:
@@ -69,36 +141,44 @@ def main() -> int:
 
                     def both():
                         forward().sum().backward()
-                    loss = forward()
-                    passes = {"fwd": forward,
-                              "bwd": lambda: loss.backward(torch.ones_like(loss), retain_graph=True),
-                              "fwd+bwd": both}
-                    for pass_name, call in passes.items():
-                        call()  # warm-up (and compilation)
-                        torch.cuda.synchronize()
-                        base = torch.cuda.memory_allocated(device)
-                        torch.cuda.reset_peak_memory_stats(device)
-                        call()
-                        torch.cuda.synchronize()
-                        peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-                        ms = do_bench(call, grad_to_none=[p, x])
-                        moved = BYTES_PER_ELEMENT[pass_name] * batch * numel * p.element_size()
-                        gbps = moved / (ms * 1e-3) / 1e9
-                        rows.append({"device": name, "provider": provider, "pass": pass_name,
-                                     "dtype": str(dtype).replace("torch.", ""), "batch": batch,
-                                     "numel_per_sample": numel, "ms": round(ms, 5), "gbps": round(gbps, 1),
-                                     "pct_copy_bw": round(100 * gbps / copy_gbps, 1), "peak_mem_mb": round(peak_mb, 1)})
-                        print(rows[-1])
-                    del loss
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists() or out.stat().st_size == 0
-    with open(out, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"appended {len(rows)} rows to {out}")
+
+                    def both_mean():
+                        forward().mean().backward()
+                    try:
+                        passes = {"fwd": forward, "bwd": None, "fwd+bwd": both, "fwd+bwd(mean)": both_mean}
+                        for pass_name, call in passes.items():
+                            if call is None:
+                                ms, peak_mb = time_backward(forward, [p, x])
+                            else:
+                                call()  # warm-up (and compilation)
+                                p.grad = x.grad = None
+                                torch.cuda.synchronize()
+                                base = torch.cuda.memory_allocated(device)
+                                torch.cuda.reset_peak_memory_stats(device)
+                                call()
+                                torch.cuda.synchronize()
+                                peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+                                ms = do_bench(call, warmup=max(10.0, args.rep_ms / 4), rep=args.rep_ms,
+                                              grad_to_none=[p, x], return_mode="median")
+                            moved = BYTES_PER_ELEMENT[pass_name] * batch * numel * p.element_size()
+                            gbps = moved / (ms * 1e-3) / 1e9
+                            row = {"device": name, "provider": provider, "pass": pass_name,
+                                   "dtype": str(dtype).replace("torch.", ""), "batch": batch,
+                                   "numel_per_sample": numel, "ms": round(ms, 5), "gbps": round(gbps, 1),
+                                   "pct_copy_bw": round(100 * gbps / copy_gbps, 1), "peak_mem_mb": round(peak_mb, 1)}
+                            writer.writerow(row)
+                            handle.flush()
+                            count += 1
+                            print(row, flush=True)
+                    except Exception as error:  # a provider that fails is reported, the others still run
+                        print(f"FAILED {provider} {dtype} batch {batch} numel {numel}: "
+                              f"{type(error).__name__}: {error}", flush=True)
+                    p.grad = x.grad = None
+                del p, x, eps
+                torch.cuda.empty_cache()
+    handle.close()
+    print(f"appended {count} rows to {out}")
+    plot(out, out.with_suffix(".png"))
     return 0
 
 

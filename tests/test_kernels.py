@@ -108,6 +108,24 @@ def test_incoming_gradient_of_one_and_no_gradients():
                                    noise_weighted_loss_reference(*tensors, logsnr, weight, "v"), rtol=2e-5, atol=0)
 
 
+def test_backward_repeatedly_on_a_retained_graph():
+    """retain_graph: each backward adds its own gradient. Autograd must copy the stored gradients into .grad, not take
+    them, and the update kernel must recompute them for each new incoming gradient (1, 1/B, per-sample, 0, 1 again)."""
+    tensors, logsnr, weight, _ = make_case((3, 2, 5, 5), torch.float32, "prior", seed=7)
+    incoming = [torch.ones(3), torch.full((3,), 1 / 3), torch.tensor([0.5, -2.0, 3.0]), torch.zeros(3),
+                torch.tensor([0.0, 1.0, 1.0]), torch.ones(3)]
+    results = []
+    for fn in (fused_noise_weighted_loss, noise_weighted_loss_reference):
+        p, x = (t.clone().requires_grad_() for t in tensors[:2])
+        loss = fn(p, x, tensors[2], logsnr, weight, "v")
+        history = []
+        for k, g in enumerate(incoming):
+            loss.backward(g, retain_graph=k < len(incoming) - 1)
+            history += [p.grad.clone(), x.grad.clone()]
+        results.append(history)
+    assert_match(*results, torch.float32)
+
+
 def test_reference_gradcheck_in_float64():
     g = torch.Generator().manual_seed(5)
     for parameterization in ("eps", "x", "v"):
