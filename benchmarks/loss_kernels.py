@@ -2,15 +2,17 @@
 
     python benchmarks/loss_kernels.py                 # the full grid, appended to results/loss_kernels.csv
     python benchmarks/loss_kernels.py --quick         # two sizes, for a smoke test
+    python benchmarks/loss_kernels.py --plot-only     # redraw results/loss_kernels.png from the CSV
 
-For each provider, pass (fwd, bwd, fwd+bwd, and fwd+bwd(mean): the same with `loss.mean()`, as training
-averages the per-sample losses, which costs the kernel one more pass over its gradients), dtype (fp32, bf16), batch (16, 64, 256) and per-sample
-size (3·64² … 3·512²) it records the median time of triton.testing.do_bench, the bandwidth computed from
-the bytes the pass must move, that bandwidth as a percentage of the device's measured copy bandwidth,
-and the peak memory the pass allocates beyond its inputs. Bytes per element of the B×N inputs, s bytes
-each: fwd reads p, x, ε (3s); bwd writes ∂p, ∂x from the inputs (5s: read three, write two); fwd+bwd
-together need no more than the fused kernel's single pass (5s). All rows of one invocation come from one
-device and one run, so ratios between providers are like for like.
+For each provider, pass, dtype (fp32, bf16), batch (16, 64, 256) and per-sample size (3·64² … 3·512²) it records
+the median time of triton.testing.do_bench (host work included), the median time of replaying the same call
+captured in a CUDA graph (the GPU's time alone), the bandwidth computed from the bytes the pass must move as a
+percentage of the device's copy bandwidth measured in the same run, and the peak memory the pass allocates
+beyond its inputs. Passes: fwd; bwd (timed alone on a fresh graph each time; not graph-captured); fwd+bwd with
+`loss.sum()`; fwd+bwd(mean) with `loss.mean()`, as training averages the per-sample losses. Bytes per element
+of the B×N inputs, s bytes each: fwd reads p, x, ε (3s); bwd writes ∂p, ∂x from the inputs (5s: read three,
+write two); fwd+bwd together need no more than the fused kernel's single pass (5s). All rows of one invocation
+come from one device and one run, so ratios between providers are like for like.
 """
 import argparse
 import csv
@@ -22,7 +24,7 @@ import torch
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ["device", "provider", "pass", "dtype", "batch", "numel_per_sample", "ms", "gbps", "pct_copy_bw",
-           "peak_mem_mb"]
+           "peak_mem_mb", "ms_cudagraph", "pct_copy_bw_cudagraph"]
 BYTES_PER_ELEMENT = {"fwd": 3, "bwd": 5, "fwd+bwd": 5, "fwd+bwd(mean)": 5}
 
 
@@ -78,8 +80,12 @@ def plot(csv_path: Path, png_path: Path) -> None:
     for ax, dtype in zip(axes[0], dtypes):
         rows = frame[frame["dtype"] == dtype]
         for provider, group in rows.groupby("provider"):
-            group = group.groupby("elements")["ms"].median()  # sizes with the same B·N: their median
-            ax.plot(group.index, group.values, "o-", label=provider)
+            timed = group.groupby("elements")["ms"].median()  # sizes with the same B·N: their median
+            line, = ax.plot(timed.index, timed.values, "o-", label=f"{provider} (do_bench)")
+            if "ms_cudagraph" in group and group["ms_cudagraph"].notna().any():
+                replayed = group.groupby("elements")["ms_cudagraph"].median()
+                ax.plot(replayed.index, replayed.values, "s:", color=line.get_color(),
+                        label=f"{provider} (CUDA-graph replay: GPU time only)")
         floor = rows.groupby("elements").apply(lambda g: (g["ms"] * g["pct_copy_bw"] / 100).median())
         ax.plot(floor.index, floor.values, "k--", label="copy-bandwidth floor (5 bytes/elem moved)")
         ax.set(xscale="log", yscale="log", xlabel="elements per tensor (batch × per-sample)",
@@ -92,11 +98,67 @@ def plot(csv_path: Path, png_path: Path) -> None:
     print(f"wrote {png_path}")
 
 
+def time_cuda_graph(call, leaves, reps: int = 30) -> float:
+    """Median ms of one replay of `call` captured in a CUDA graph: the GPU's time alone, without the host's Python,
+    dispatch and launch work that `do_bench` includes. Warm-up on a side stream and capture follow PyTorch's recipe
+    for capturing forward + backward; the L2 cache is flushed before each replay, as do_bench does."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            for leaf in leaves:
+                leaf.grad = None
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    for leaf in leaves:
+        leaf.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    events = []
+    for i in range(reps + 3):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        if i >= 3:
+            events.append((start, end))
+    torch.cuda.synchronize()
+    ms = statistics.median(s.elapsed_time(e) for s, e in events)
+    for leaf in leaves:
+        leaf.grad = None
+    del graph
+    return ms
+
+
+def open_results(out: Path):
+    "The CSV opened for appending, its header brought up to COLUMNS first (older files lack the CUDA-graph columns)."
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and out.stat().st_size > 0:
+        with open(out, newline="") as handle:
+            reader = csv.DictReader(handle)
+            header, old_rows = reader.fieldnames, list(reader)
+        if header != COLUMNS:
+            with open(out, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows({key: row.get(key, "") for key in COLUMNS} for row in old_rows)
+    new = not out.exists() or out.stat().st_size == 0
+    handle = open(out, "a", newline="")  # each row is written when measured: a run cut short keeps its rows
+    writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+    if new:
+        writer.writeheader()
+    return handle, writer
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two sizes and one batch only")
     parser.add_argument("--out", default=str(RESULTS / "loss_kernels.csv"), help="CSV to append to")
     parser.add_argument("--rep-ms", type=float, default=100.0, help="do_bench's timing budget per measurement (ms)")
+    parser.add_argument("--no-cudagraph", action="store_true", help="skip the CUDA-graph replay timings")
     parser.add_argument("--plot-only", action="store_true", help="only draw results/loss_kernels.png from --out")
     args = parser.parse_args()
     if args.plot_only:
@@ -119,12 +181,7 @@ def main() -> int:
     sizes = [3 * 64**2, 3 * 512**2] if args.quick else [3 * 64**2, 3 * 128**2, 3 * 256**2, 3 * 512**2]
     batches = [64] if args.quick else [16, 64, 256]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists() or out.stat().st_size == 0
-    handle = open(out, "a", newline="")  # each row is written when measured: a run cut short keeps its rows
-    writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-    if new:
-        writer.writeheader()
+    handle, writer = open_results(out)
     count = 0
     for dtype in (torch.float32, torch.bfloat16):
         for batch in batches:
@@ -162,10 +219,20 @@ def main() -> int:
                                               grad_to_none=[p, x], return_mode="median")
                             moved = BYTES_PER_ELEMENT[pass_name] * batch * numel * p.element_size()
                             gbps = moved / (ms * 1e-3) / 1e9
+                            graph_ms = graph_pct = ""
+                            if call is not None and not args.no_cudagraph:  # backward alone cannot be captured alone
+                                try:
+                                    graph_ms = time_cuda_graph(call, [p, x])
+                                    graph_pct = round(100 * moved / (graph_ms * 1e-3) / 1e9 / copy_gbps, 1)
+                                    graph_ms = round(graph_ms, 5)
+                                except Exception as error:  # recorded as empty; the do_bench row still counts
+                                    print(f"CUDA graph failed for {provider} {pass_name}: {type(error).__name__}: "
+                                          f"{error}", flush=True)
                             row = {"device": name, "provider": provider, "pass": pass_name,
                                    "dtype": str(dtype).replace("torch.", ""), "batch": batch,
                                    "numel_per_sample": numel, "ms": round(ms, 5), "gbps": round(gbps, 1),
-                                   "pct_copy_bw": round(100 * gbps / copy_gbps, 1), "peak_mem_mb": round(peak_mb, 1)}
+                                   "pct_copy_bw": round(100 * gbps / copy_gbps, 1), "peak_mem_mb": round(peak_mb, 1),
+                                   "ms_cudagraph": graph_ms, "pct_copy_bw_cudagraph": graph_pct}
                             writer.writerow(row)
                             handle.flush()
                             count += 1

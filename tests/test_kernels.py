@@ -126,6 +126,20 @@ def test_backward_repeatedly_on_a_retained_graph():
     assert_match(*results, torch.float32)
 
 
+def test_carried_incoming_gradient_lets_backward_skip_work():
+    """The forward records that its gradients are for an incoming gradient of 1, so `loss.sum()` needs no recompute;
+    each backward records the gradient it folded in, in the row the next backward reads."""
+    tensors, logsnr, weight, _ = make_case((3, 2, 5, 5), torch.float32, "decoder", seed=8)
+    p = tensors[0].clone().requires_grad_()
+    loss = fused_noise_weighted_loss(p, tensors[1], tensors[2], logsnr, weight, "v")
+    node = loss.grad_fn  # the autograd context: carried holds two rows, current says which one is valid
+    assert node.current == 0 and torch.equal(node.carried[0], torch.ones(3))
+    loss.mean().backward(retain_graph=True)
+    assert node.current == 1 and torch.equal(node.carried[1], torch.full((3,), 1 / 3))
+    loss.sum().backward()
+    assert node.current == 0 and torch.equal(node.carried[0], torch.ones(3))
+
+
 def test_reference_gradcheck_in_float64():
     g = torch.Generator().manual_seed(5)
     for parameterization in ("eps", "x", "v"):
