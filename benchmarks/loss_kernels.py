@@ -18,12 +18,13 @@ import argparse
 import csv
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-COLUMNS = ["device", "provider", "pass", "dtype", "batch", "numel_per_sample", "ms", "gbps", "pct_copy_bw",
+COLUMNS = ["run", "device", "provider", "pass", "dtype", "batch", "numel_per_sample", "ms", "gbps", "pct_copy_bw",
            "peak_mem_mb", "ms_cudagraph", "pct_copy_bw_cudagraph"]
 BYTES_PER_ELEMENT = {"fwd": 3, "bwd": 5, "fwd+bwd": 5, "fwd+bwd(mean)": 5}
 
@@ -38,9 +39,11 @@ def copy_bandwidth_gbps(device) -> float:
 
 
 def time_backward(forward, leaves, reps: int = 20, warmup: int = 3) -> tuple[float, float]:
-    """Median ms of `loss.backward()` alone, and its peak extra memory in MiB: each repetition builds a fresh graph
-    outside the timed region (do_bench cannot leave the forward out without retain_graph, which torch.compile's
-    donated buffers refuse), flushes the L2 cache as do_bench does, then times the backward with CUDA events."""
+    """Median ms of `loss.backward(1/B)` alone — the incoming gradient a mean sends, so every provider's backward
+    does its full work (with 1 the fused kernel's backward has nothing to do) — and its peak extra memory in MiB.
+    Each repetition builds a fresh graph outside the timed region (do_bench cannot leave the forward out without
+    retain_graph, which torch.compile's donated buffers refuse), flushes the L2 cache as do_bench does, then times
+    the backward with CUDA events."""
     flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
     events, peak_mb = [], 0.0
     for i in range(warmup + reps):
@@ -54,7 +57,7 @@ def time_backward(forward, leaves, reps: int = 20, warmup: int = 3) -> tuple[flo
             torch.cuda.reset_peak_memory_stats()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        loss.backward(torch.ones_like(loss))
+        loss.backward(torch.full_like(loss, 1 / loss.numel()))
         end.record()
         if i == warmup - 1:
             torch.cuda.synchronize()
@@ -67,34 +70,43 @@ def time_backward(forward, leaves, reps: int = 20, warmup: int = 3) -> tuple[flo
 
 
 def plot(csv_path: Path, png_path: Path) -> None:
-    """Median ms of forward + backward against the elements moved, one panel per dtype, with the floor that the
-    measured copy bandwidth sets for the 5 bytes-per-element the pass must move (from each row's own device)."""
+    """Median ms of forward + backward against the elements per tensor, for the latest run in the CSV: one column
+    of panels per dtype, one row per reduction (`loss.sum()`, `loss.mean()`), with the floor that the measured
+    copy bandwidth sets for the 5 bytes per element the pass must move."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
     frame = pd.read_csv(csv_path)
-    frame = frame[frame["pass"] == "fwd+bwd"].assign(elements=lambda f: f["batch"] * f["numel_per_sample"])
+    if "run" in frame:  # rows of earlier runs (other devices, other kernel versions) are not mixed in
+        runs = frame["run"].fillna("")
+        frame = frame[runs == runs.max()]
+    frame = frame.assign(elements=frame["batch"] * frame["numel_per_sample"])
     dtypes = sorted(frame["dtype"].unique())
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.5 * len(dtypes), 4), sharey=True, squeeze=False)
-    for ax, dtype in zip(axes[0], dtypes):
-        rows = frame[frame["dtype"] == dtype]
-        for provider, group in rows.groupby("provider"):
-            timed = group.groupby("elements")["ms"].median()  # sizes with the same B·N: their median
-            line, = ax.plot(timed.index, timed.values, "o-", label=f"{provider} (do_bench)")
-            if "ms_cudagraph" in group and group["ms_cudagraph"].notna().any():
-                replayed = group.groupby("elements")["ms_cudagraph"].median()
-                ax.plot(replayed.index, replayed.values, "s:", color=line.get_color(),
-                        label=f"{provider} (CUDA-graph replay: GPU time only)")
-        floor = rows.groupby("elements").apply(lambda g: (g["ms"] * g["pct_copy_bw"] / 100).median())
-        ax.plot(floor.index, floor.values, "k--", label="copy-bandwidth floor (5 bytes/elem moved)")
-        ax.set(xscale="log", yscale="log", xlabel="elements per tensor (batch × per-sample)",
-               title=f"{dtype}: forward + backward, {rows['device'].iloc[0]}")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("median ms")
-    axes[0][0].legend(fontsize=8)
+    passes = ["fwd+bwd", "fwd+bwd(mean)"]
+    fig, axes = plt.subplots(len(passes), len(dtypes), figsize=(5.5 * len(dtypes), 3.8 * len(passes)), sharey=True,
+                             squeeze=False)
+    for row_axes, pass_name in zip(axes, passes):
+        for ax, dtype in zip(row_axes, dtypes):
+            rows = frame[(frame["dtype"] == dtype) & (frame["pass"] == pass_name)]
+            for provider, group in rows.groupby("provider"):
+                timed = group.groupby("elements")["ms"].median()  # sizes with the same B·N: their median
+                line, = ax.plot(timed.index, timed.values, "o-", label=f"{provider} (do_bench)")
+                if "ms_cudagraph" in group and group["ms_cudagraph"].notna().any():
+                    replayed = group.groupby("elements")["ms_cudagraph"].median()
+                    ax.plot(replayed.index, replayed.values, "s:", color=line.get_color(),
+                            label=f"{provider} (CUDA-graph replay: GPU time only)")
+            floor = rows.groupby("elements").apply(lambda g: (g["ms"] * g["pct_copy_bw"] / 100).median())
+            ax.plot(floor.index, floor.values, "k--", label="copy-bandwidth floor (5 bytes per element)")
+            reduction = "loss.sum()" if pass_name == "fwd+bwd" else "loss.mean()"
+            ax.set(xscale="log", yscale="log", xlabel="elements per tensor (batch × per-sample)",
+                   title=f"{dtype}, forward + backward of {reduction}")
+            ax.grid(True, which="both", alpha=0.3)
+        row_axes[0].set_ylabel("median ms")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"noise-weighted loss on {frame['device'].iloc[0]}")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    fig.savefig(png_path, dpi=100)
     print(f"wrote {png_path}")
 
 
@@ -173,6 +185,7 @@ def main() -> int:
 
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
+    run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # one id for every row of this invocation
     copy_gbps = copy_bandwidth_gbps(device)
     print(f"{name}: measured copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
     torch._dynamo.config.cache_size_limit = 64  # one compiled graph per dtype and shape must not hit the limit
@@ -228,7 +241,7 @@ def main() -> int:
                                 except Exception as error:  # recorded as empty; the do_bench row still counts
                                     print(f"CUDA graph failed for {provider} {pass_name}: {type(error).__name__}: "
                                           f"{error}", flush=True)
-                            row = {"device": name, "provider": provider, "pass": pass_name,
+                            row = {"run": run, "device": name, "provider": provider, "pass": pass_name,
                                    "dtype": str(dtype).replace("torch.", ""), "batch": batch,
                                    "numel_per_sample": numel, "ms": round(ms, 5), "gbps": round(gbps, 1),
                                    "pct_copy_bw": round(100 * gbps / copy_gbps, 1), "peak_mem_mb": round(peak_mb, 1),

@@ -26,12 +26,15 @@ report = []
 for kernel in (K._noise_weighted_loss_kernel, K._gradient_update_kernel):
     for arch in (80, 90):
         for dtype in ("fp32", "bf16", "fp16"):
-            for code in (0, 1, 2):
+            for code, recompute in ((0, False), (1, False), (2, False), (2, True)):
+                if recompute and "RECOMPUTE" not in kernel.arg_names:
+                    continue
                 signature, constexprs, attrs = {}, {}, {}
                 for i, name in enumerate(kernel.arg_names):
-                    if name in ("PARAMETERIZATION", "BLOCK") or name.startswith("GRAD_"):
+                    if name in ("PARAMETERIZATION", "BLOCK", "RECOMPUTE") or name.startswith("GRAD_"):
                         signature[name] = "constexpr"
-                        constexprs[(i,)] = {"PARAMETERIZATION": code, "BLOCK": 4096}.get(name, name != "GRAD_EPS")
+                        constexprs[(i,)] = {"PARAMETERIZATION": code, "BLOCK": 4096,
+                                            "RECOMPUTE": recompute}.get(name, name != "GRAD_EPS")
                     else:
                         signature[name] = ("*" + dtype if name in WIDE else "*fp32") if name.endswith("_ptr") else "i32"
                     if name.endswith("_ptr") or name == "N":
@@ -57,7 +60,7 @@ def report():
 
 
 def test_every_variant_compiles_for_ampere_and_hopper(report):
-    assert len(report) == 2 * 2 * 3 * 3
+    assert len(report) == 2 * 3 * (3 + 4)  # two targets × three dtypes × (3 loss kernels + 4 update kernels)
     assert all(row["cubin_bytes"] > 0 for row in report)
 
 
@@ -65,6 +68,7 @@ def test_big_tensors_move_in_16_byte_vectors(report):
     for row in report:
         elements_per_vector = 4 if row["dtype"] == "fp32" else 8
         per_thread = 4096 // (4 * 32) // elements_per_vector  # BLOCK over 4 warps of 32 threads, in 16-byte vectors
-        assert row["vector_loads"] == 3 * per_thread, row  # p, x and ε, each read once
+        read = 3 if row["code"] == 2 else 2  # v reads p, x, ε; ε-prediction skips x, x-prediction skips ε
+        assert row["vector_loads"] == read * per_thread, row  # each input read once
         assert row["vector_stores"] == 2 * per_thread, row  # ∂p and ∂x (∂ε's flag is off here)
         assert row["scalar_loads"] <= 4, row  # only per-sample scalars: λ, w, and the incoming-gradient records
