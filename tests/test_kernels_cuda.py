@@ -124,3 +124,47 @@ def test_gpu_under_torch_compile():
         outputs.append((loss.detach(), p.grad))
     torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-5, atol=0)
     torch.testing.assert_close(outputs[1][1], outputs[0][1], rtol=1e-5, atol=1e-7)
+
+
+def test_gpu_forward_and_backward_never_wait_for_the_gpu():
+    """No host synchronisation anywhere in the fused path (sync debug mode turns one into an error)."""
+    case = on_gpu(*make_case((8, 3, 32, 32), torch.bfloat16, "decoder", seed=16))
+    p = case[0][0].clone().requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for reduce in (torch.sum, torch.mean):
+            reduce(noise_weighted_loss(p, case[0][1], case[0][2], case[1], case[2], "v")).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_gpu_forward_and_backward_replay_from_a_cuda_graph():
+    """Captured once, replayed on new values: the gradients follow the new inputs (what the benchmark's
+    CUDA-graph column relies on)."""
+    case = on_gpu(*make_case((8, 3, 32, 32), torch.float32, "prior", seed=17))
+    p = case[0][0].clone().requires_grad_()
+    x, eps, logsnr, weight = case[0][1].clone(), case[0][2], case[1].clone(), case[2]
+
+    def step():
+        fused_noise_weighted_loss(p, x, eps, logsnr, weight, "v").mean().backward()
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            p.grad = None
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    with torch.no_grad():  # new values in the captured tensors
+        p.copy_(torch.randn_like(p))
+        x.copy_(torch.randn_like(x))
+        logsnr.copy_(logsnr.flip(0))
+    graph.replay()
+    expected = results(noise_weighted_loss_reference, [p.detach(), x, eps], logsnr, weight, "v",
+                       torch.full((8,), 1 / 8, device="cuda"), upcast=True)
+    assert_close_to_float64([p.grad], [expected[1]], torch.float32)
