@@ -11,6 +11,7 @@ in the same run. Rows are appended to results/stage_one_throughput.csv.
 """
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,10 @@ def main() -> int:
     parser.add_argument("--preset", default="imagenet512")
     parser.add_argument("--batch", type=int, nargs="+", default=[16, 8, 4], help="micro-batches to try, largest first")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mode")
-    parser.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
+    parser.add_argument("--modes", nargs="+", default=["eager", "compile"],
+                        choices=["eager", "compile", "compile-reference-loss"],
+                        help="compile-reference-loss: torch.compile with the PyTorch reference loss instead of the "
+                             "fused kernel (one graph instead of seven: is that faster for the whole step?)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="datasheet dense bf16 TFLOP/s")
     parser.add_argument("--out", default=str(RESULTS / "stage_one_throughput.csv"))
     args = parser.parse_args()
@@ -92,7 +96,10 @@ def main() -> int:
         if new:
             writer.writeheader()
         for mode in args.modes:
-            network = torch.compile(model) if mode == "compile" else model
+            if mode == "compile-reference-loss":
+                os.environ["UL_LOSS_BACKEND"] = "reference"
+                torch._dynamo.reset()
+            network = torch.compile(model) if mode.startswith("compile") else model
             torch.cuda.reset_peak_memory_stats(device)
             begin = time.perf_counter()
             step(network, batch)  # warm-up: compilation, autotuning, allocator
