@@ -95,10 +95,15 @@ def main() -> int:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         if new:
             writer.writeheader()
+        backend = os.environ.get("UL_LOSS_BACKEND")  # the caller's choice, for every mode but the reference one
         for mode in args.modes:
             if mode == "compile-reference-loss":
                 os.environ["UL_LOSS_BACKEND"] = "reference"
-                torch._dynamo.reset()
+            elif backend is None:
+                os.environ.pop("UL_LOSS_BACKEND", None)
+            else:
+                os.environ["UL_LOSS_BACKEND"] = backend
+            torch._dynamo.reset()  # the backend is read at trace time: no graph of another mode may be reused
             network = torch.compile(model) if mode.startswith("compile") else model
             torch.cuda.reset_peak_memory_stats(device)
             begin = time.perf_counter()
