@@ -77,3 +77,30 @@ def test_ul_base_refuses_an_unfinished_stage_one_run(tmp_path):
     assert result.returncode == 2
     assert "is not a finished stage-1 run" in result.stderr and "ul_train --preset demo" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_stage_two_refuses_a_stage_one_encoder_that_changed(pipeline, tmp_path):
+    "Stage 1 trained further after stage 2: resuming or loading the base model must stop, even without the cache."
+    import shutil
+    from unified_latents.base import CacheMismatchError
+    from unified_latents.generate import load_base_run
+    root, _ = pipeline
+    stage1, stage2 = tmp_path / "s1", tmp_path / "s2"
+    shutil.copytree(root / "smoke", stage1, ignore=shutil.ignore_patterns("latents"))  # as if the cache was deleted
+    shutil.copytree(root / "smoke-stage2", stage2)
+    assert (stage2 / "stage1_encoder.json").exists()
+    fields = json.loads((stage2 / "config.json").read_text())
+    (stage2 / "config.json").write_text(json.dumps({**fields, "stage1_run": str(stage1), "cache_dir": ""}))
+    load_base_run(stage2, "cpu")  # the same encoder: accepted
+    checkpoint_path = sorted((stage1 / "checkpoints").glob("step_*.pt"))[-1]
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    name = next(k for k in checkpoint["ema"] if k.startswith("encoder.") and checkpoint["ema"][k].is_floating_point())
+    checkpoint["ema"][name] += 1e-3  # stage 1 moved on
+    torch.save(checkpoint, checkpoint_path)
+    with pytest.raises(CacheMismatchError, match="was trained on the latents of encoder"):
+        load_base_run(stage2, "cpu")
+    code = "import sys; from unified_latents.generate import base_main; sys.exit(base_main())"
+    result = run(sys.executable, "-c", code, "--preset", "smoke", "--stage1_run", stage1, "--out_dir", stage2,
+                 "--steps", 12, "--sample_count", 4, "--device", "cpu", "--no-progress")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "was trained on the latents of encoder" in result.stderr and not (stage1 / "latents").exists()
