@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from unified_latents.decoder import break_even_logsnr, decoder_elbo, decoder_loss_weight, decoder_weight, pixel_schedule
-from unified_latents.encoding import FixedNoiseEncoder, add_fixed_noise, nats_to_bits_per_pixel
+from unified_latents.encoding import FixedNoiseEncoder, add_fixed_noise, image_pixels, nats_to_bits_per_pixel
 from unified_latents.loss import noise_weighted_loss
-from unified_latents.noise import CosineSchedule, LinearLogSNR, diffuse, sample_time, shifted_cosine, to_eps
+from unified_latents.noise import (CosineSchedule, LinearLogSNR, check_finite, diffuse, sample_time, shifted_cosine,
+                                   to_eps)
 from unified_latents.prior import check_prior_aligned, latent_schedule, prior_elbo, terminal_kl
+from unified_latents.train import make_config, resolve_device
 
 B = 4
 x = torch.randn(B, 3, 8, 8)
@@ -138,3 +140,26 @@ def test_low_precision_inputs_keep_float32_noise_levels():
     assert bound.logsnr.dtype == torch.float32 and bound.total.dtype == torch.float32
     loss = decoder_elbo(lambda z, lam: z, xb, pixel_schedule(8), parameterization="v")
     assert loss.logsnr.dtype == torch.float32 and loss.loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: make_config("smoke", seed=10**14), "seed must be an integer in [0, 2³¹)"),
+    (lambda: make_config("smoke", device="cudax"), "device must be auto, cpu, cuda or cuda:N"),
+    (lambda: resolve_device("foo"), "device must be auto, cpu, cuda or cuda:N; got 'foo'"),
+    (lambda: image_pixels(32.0), "image_size must be a positive int side length"),
+    (lambda: image_pixels((3, 32, 32)), "image_size must be a positive int side length"),
+    (lambda: image_pixels(True), "image_size must be a positive int side length"),
+    (lambda: decoder_weight(logsnr, 1.5, None), "bias (b) must be a finite number or math.inf"),
+    (lambda: check_finite(None, "logsnr_min"), "logsnr_min must be a number; got None"),
+])
+def test_non_numbers_and_names_are_named(call, message):
+    with pytest.raises(ValueError) as error:
+        call()
+    assert message in str(error.value), str(error.value)
+
+
+def test_x_space_weight_has_no_overflow_for_a_large_bias():
+    weight = decoder_loss_weight(logsnr, torch.full_like(logsnr, -1.0), 1.5, 800.0, space="x")
+    assert torch.isfinite(weight).all()
+    expected = 0.5 * 1.5 * logsnr.exp()  # b → ∞: sigmoid(b − λ) = 1, the x-space ELBO weight e^λ
+    torch.testing.assert_close(weight, expected)

@@ -4,14 +4,17 @@ It starts a private JupyterLab server (isolated config, data, runtime, settings 
 tmp_path; autosave off so the notebook on disk is never rewritten), opens EXPLORER_NOTEBOOK in Debian's
 Chromium, runs all cells through the Run menu, and then acts as a person would: it presses an arrow key on
 the focused handle of the "loss factor" slider and checks that the kernel-side callback updated the readout
-(still "<x> bpp ... <y> dB") and the reconstruction image. A screenshot is saved to
+(still "<x> bpp ... <y> dB"), the reconstruction image and the JPEG and WebP labels (each with its file's bpp
+and dB, for UL's new rate). A screenshot is saved to
 tests/artifacts/explorer.png (and tmp_path); on failure, tests/artifacts/explorer-failure.png.
 
 The widget contract the notebook honours:
   * a slider (SelectionSlider / FloatSlider) whose description is exactly "loss factor";
   * an ipywidgets.HTML readout with CSS class `ul-readout` whose text has "<number> bpp" and "<number> dB";
   * an ipywidgets.Image (PNG) with CSS class `ul-reconstruction`;
-  the callback that updates the last two observes the slider's value in the kernel.
+  * one ipywidgets.HTML label per codec with CSS class `ul-codec-label` (JPEG, WebP), each with "<number> bpp"
+    and "<number> dB", the codec's name and UL's rate it was fitted to;
+  the callback that updates the last three observes the slider's value in the kernel.
 
 Needs Chromium (/usr/bin/chromium) and the `playwright` package: `.ci/browser_setup.sh` installs both.
 Without them the test is skipped, unless UL_REQUIRE_BROWSER=1, where it fails.
@@ -57,6 +60,7 @@ PAGE_TIMEOUT = 45             # s until the notebook and its kernel are ready
 RUN_TIMEOUT = float(os.environ.get("UL_BROWSER_RUN_TIMEOUT", "75"))  # s for run-all -> widgets
 UPDATE_TIMEOUT = 30           # s for slider move -> readout and image update
 SLIDER_LABEL = "loss factor"
+CODEC_NAMES = ("JPEG", "WebP")  # the codec labels, in order
 BPP_RE = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?\s*bpp", re.I)
 DB_RE = re.compile(r"[-+]?\d+(?:\.\d+)?\s*dB")
 
@@ -280,6 +284,10 @@ def test_explorer_slider_updates_readout_and_image(jupyter_lab, tmp_path):
             handle = slider.locator(".noUi-handle").first
             readout = page.locator(".ul-readout").first
             image = page.locator("img.ul-reconstruction, .ul-reconstruction img").first
+            codecs = page.locator(".ul-codec-label")
+
+            def codec_texts():
+                return [codecs.nth(i).inner_text().strip() for i in range(codecs.count())]
 
             def rendered():
                 _raise_on_notebook_error(page)
@@ -288,7 +296,8 @@ def test_explorer_slider_updates_readout_and_image(jupyter_lab, tmp_path):
                 if not (handle.is_visible() and readout.is_visible() and image.is_visible()):
                     return False
                 txt = readout.inner_text()
-                return (BPP_RE.search(txt) and DB_RE.search(txt)
+                return (BPP_RE.search(txt) and DB_RE.search(txt) and len(codec_texts()) == len(CODEC_NAMES)
+                        and all(BPP_RE.search(t) and DB_RE.search(t) for t in codec_texts())
                         and image.evaluate("i => !!i.src && i.complete && i.naturalWidth > 0"))
 
             def found():
@@ -297,10 +306,12 @@ def test_explorer_slider_updates_readout_and_image(jupyter_lab, tmp_path):
                 seen = ", ".join(f"{k}: {'absent' if not v.count() else 'visible' if v.is_visible() else 'hidden'}"
                                  for k, v in parts.items())
                 txt = readout.inner_text() if readout.count() else None
-                return f"found: {seen}; readout text: {txt!r}\n" + diag()
+                return f"found: {seen}; readout text: {txt!r}; codec labels: {codec_texts()!r}\n" + diag()
             _wait(rendered, RUN_TIMEOUT,
-                  f'the explorer ("{SLIDER_LABEL}" slider, .ul-readout with bpp/dB, .ul-reconstruction image)',
-                  found, interval=0.5)
+                  f'the explorer ("{SLIDER_LABEL}" slider, .ul-readout with bpp/dB, .ul-reconstruction image, '
+                  f'{len(CODEC_NAMES)} .ul-codec-label with bpp/dB)', found, interval=0.5)
+            labels0 = codec_texts()
+            assert [n for n in CODEC_NAMES if any(t.startswith(n) for t in labels0)] == list(CODEC_NAMES), labels0
             assert slider.count() == 1, f'expected one "{SLIDER_LABEL}" slider, found {slider.count()}'
             readout.scroll_into_view_if_needed()
             text0, src0 = readout.inner_text().strip(), image.get_attribute("src")
@@ -311,7 +322,9 @@ def test_explorer_slider_updates_readout_and_image(jupyter_lab, tmp_path):
 
             def updated():
                 t = readout.inner_text().strip()
-                return t != text0 and image.get_attribute("src") != src0 and t
+                labels = codec_texts()
+                return (t != text0 and image.get_attribute("src") != src0 and t
+                        and all(a != b for a, b in zip(labels, labels0)))
             _wait(updated, UPDATE_TIMEOUT, "the readout and the image to change after moving the slider "
                   f"({how}); readout was {text0!r}", diag, interval=0.25)
             _wait(lambda: image.evaluate("i => i.complete && i.naturalWidth > 0"), 10, "the new image to load",
@@ -321,13 +334,18 @@ def test_explorer_slider_updates_readout_and_image(jupyter_lab, tmp_path):
             assert BPP_RE.search(text1) and DB_RE.search(text1), f"readout lost its bpp/dB numbers: {text1!r}"
             assert src1 and src1 != src0
             assert _image_digest(image) != png0, "the image's src changed but it shows the same picture"
+            # the codecs were fitted to UL's new rate: the rate the readout shows is the one the labels name
+            labels1, bpp1 = codec_texts(), BPP_RE.search(text1).group(0).split()[0]
+            for label in labels1:
+                assert BPP_RE.search(label) and DB_RE.search(label), f"a codec label lost its bpp/dB: {label!r}"
+                assert f"UL's {float(bpp1):.3f} bpp" in label, f"codec label {label!r} is not for UL's {bpp1} bpp"
 
             # JupyterLab scrolls inside the notebook panel: bring the whole explorer to the top of the view
             slider.evaluate("e => (e.closest('.jp-OutputArea-output') || e).scrollIntoView({block: 'start'})")
             page.wait_for_timeout(300)
             for s in shots:
                 page.screenshot(path=str(s), full_page=True)
-            print(f"\nexplorer: {text0!r} -> {text1!r} by {how}; ran via {ran}; "
+            print(f"\nexplorer: {text0!r} -> {text1!r}; codecs {labels0!r} -> {labels1!r} by {how}; ran via {ran}; "
                   f"{time.monotonic() - t0:.1f} s in the browser; screenshot {shots[-1]}")
         except BaseException:
             if page is not None:

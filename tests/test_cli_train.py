@@ -157,3 +157,188 @@ def test_non_finite_batches_never_reach_the_weights(tmp_path, monkeypatch):
     for key, value in final["model"].items():
         assert torch.isfinite(value).all() and torch.equal(value, initial[key]), key
         assert torch.isfinite(final["ema"][key]).all(), key
+
+
+# Run-folder safety: unreadable checkpoints, pruning, the run lock, metrics on resume, config on a fresh start,
+# the checkpoint before the evaluation. In-process smoke runs (about a second each).
+
+def smoke(run, **overrides):
+    return make_config("smoke", out_dir=str(run), **overrides)
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_all_checkpoints_unreadable_is_an_error_not_a_silent_restart(tmp_path):
+    run = tmp_path / "run"
+    train(smoke(run, steps=12, keep_checkpoints=2), progress=False)
+    folder = run / "checkpoints"
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == ["step_0000009.pt", "step_0000012.pt"]
+    for path in folder.glob("step_*.pt"):
+        truncate(path)
+    with pytest.raises(ValueError, match="no checkpoint .* can be read") as error:
+        train(smoke(run, keep_checkpoints=2), progress=False)
+    message = str(error.value)
+    assert "step_0000009.pt" in message and "step_0000012.pt" in message and "move them" in message
+    # nothing was touched: the files are still there for the user to inspect or move
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == ["step_0000009.pt", "step_0000012.pt"]
+    # moved aside as the message says, the run starts over and keeps its new checkpoints
+    (run / "corrupt").mkdir()
+    for path in folder.glob("step_*.pt"):
+        path.rename(run / "corrupt" / path.name)
+    summary = train(smoke(run, keep_checkpoints=2), progress=False)
+    assert summary["train_steps"] == 6
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == ["step_0000003.pt", "step_0000006.pt"]
+    assert (folder / "latest").read_text() == "step_0000006.pt"
+
+
+def test_checkpoints_beyond_the_resume_step_are_set_aside_not_counted_as_newest(tmp_path):
+    run = tmp_path / "run"
+    train(smoke(run, steps=12, keep_checkpoints=2), progress=False)
+    folder = run / "checkpoints"
+    truncate(folder / "step_0000012.pt")  # resumes from step 9; step 12 is newer by name and by number
+    with pytest.warns(UserWarning, match="cannot be read"):
+        summary = train(smoke(run, steps=11, checkpoint_every=1, keep_checkpoints=1), progress=False)
+    assert summary["train_steps"] == 11
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == ["step_0000011.pt"]
+    assert (folder / "latest").read_text() == "step_0000011.pt"
+    assert load_checkpoint(run)["step"] == 11
+    assert (folder / "unused" / "step_0000012.pt").exists()  # set aside, not deleted
+
+
+def test_pruning_is_by_step_number_and_never_removes_the_new_checkpoint(tmp_path):
+    for step in (9_999_999, 10_000_000):  # 8 digits sort before 7 by name
+        train_module.save_checkpoint(tmp_path, {"step": step}, step, keep=1)
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step_*.pt")] == ["step_10000000.pt"]
+    assert load_checkpoint(tmp_path)["step"] == 10_000_000
+
+
+def test_atomic_writes_of_one_file_from_two_writers_do_not_collide(tmp_path):
+    import threading
+    target, errors = tmp_path / "file.txt", []
+
+    def write(tmp, text):
+        tmp.write_text(text)
+        time.sleep(0.005)  # both writers hold a temporary file at once
+
+    def writer(text):
+        try:
+            for _ in range(20):
+                train_module._atomic_write(target, lambda tmp: write(tmp, text))
+        except Exception as error:
+            errors.append(error)
+    threads = [threading.Thread(target=writer, args=(text,)) for text in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert target.read_text() in ("a", "b")
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]  # no temporary file left behind
+
+
+def test_a_run_folder_in_use_is_refused_and_a_dead_holder_does_not_block(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "os.write(fd, str(os.getpid()).encode())\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(300)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run_cli("ul_train", *SMOKE, "--out_dir", run)
+        assert result.returncode == 2, result.stderr
+        error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(error_lines) == 1, result.stderr
+        assert str(run) in error_lines[0] and f"PID {holder.pid}" in error_lines[0], error_lines[0]
+        assert not (run / "config.json").exists() and not (run / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / ".lock").exists()  # left behind by the dead holder: the OS released its lock
+    assert train(smoke(run), progress=False)["train_steps"] == 6
+
+
+def metric_records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_cuts_metrics_back_to_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(smoke(run, steps=14, checkpoint_every=10, keep_checkpoints=3), progress=False)
+    complete = metric_records(run)
+    # as if killed after logging step 14, before its checkpoint, in the middle of writing a line
+    (run / "checkpoints" / "step_0000014.pt").unlink()
+    (run / "checkpoints" / "latest").write_text("step_0000010.pt")
+    with open(run / "metrics.jsonl", "w") as file:
+        file.write("".join(json.dumps(r) + "\n" for r in complete if "loss" in r) + '{"step": 16, "lo')
+    stale = run / "checkpoints" / ".step_0000014.pt.x1y2z3.tmp"  # the interrupted write of checkpoint 14
+    stale.write_bytes(b"half a checkpoint")
+    train(smoke(run, steps=14, checkpoint_every=10, keep_checkpoints=3), progress=False)
+    assert not stale.exists()
+    records = metric_records(run)  # every line parses
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8, 10, 12, 14]
+    assert [r["step"] for r in records if "eval_psnr_db" in r] == [14]
+
+    def numbers(record):  # all but the timings
+        return {key: value for key, value in record.items() if key not in ("steps_per_s", "wall_s")}
+    assert [numbers(r) for r in records] == [numbers(r) for r in complete]  # retrained steps: the same numbers
+
+
+def test_figures_skip_an_unreadable_metrics_line_with_a_warning(tmp_path):
+    lines = [json.dumps({"step": 2, "loss": 1.0, "bpp": 0.5}), "{not json", json.dumps({"step": 4, "loss": 0.5,
+             "bpp": 0.4}), json.dumps({"step": 4, "eval_psnr_db": 20.0, "eval_bpp": 0.3})]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    images = torch.zeros(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match="metrics.jsonl"):
+        train_module.save_figures(tmp_path, images, images)
+    assert (tmp_path / "curves.png").exists()
+
+
+def test_a_run_that_crashed_before_its_first_checkpoint_can_change_its_settings(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "update_ema", out_of_memory)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            train(smoke(run, batch_size=8), progress=False)
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 8
+    with pytest.warns(UserWarning, match="batch_size"):  # replaced, with a word about what changed
+        assert train(smoke(run, batch_size=2), progress=False)["train_steps"] == 6
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 2
+    with pytest.raises(ValueError, match="holds a run with a different configuration"):  # now there is a checkpoint
+        train(smoke(run, batch_size=4), progress=False)
+
+
+def test_the_checkpoint_is_written_before_the_evaluation(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("evaluation crashed (simulated)")
+    monkeypatch.setattr(train_module, "evaluate", crash)
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        train(smoke(run, eval_every=3), progress=False)
+    assert load_checkpoint(run)["step"] == 3
+
+
+def test_logged_metrics_cover_every_micro_batch_of_the_step(tmp_path):
+    """The same global batch in 1, 2 or 4 micro-batches logs the same numbers (the old log held only the last one)."""
+    logs = []
+    for accumulation in (1, 2, 4):
+        run = tmp_path / str(accumulation)
+        train(smoke(run, steps=4, grad_accumulation=accumulation), progress=False)
+        logs.append([r for r in metric_records(run) if "loss" in r])
+    for log in logs[1:]:
+        assert [r["step"] for r in log] == [r["step"] for r in logs[0]] == [2, 4]
+        for record, reference in zip(log, logs[0]):
+            for key in ("loss", "bpp", "prior_nats", "decoder_loss"):
+                assert record[key] == pytest.approx(reference[key], rel=1e-5), (key, record[key], reference[key])
+            assert record["loss_by_logsnr"].keys() == reference["loss_by_logsnr"].keys()
+            for key, value in reference["loss_by_logsnr"].items():
+                assert record["loss_by_logsnr"][key] == pytest.approx(value, rel=1e-5), key

@@ -7,7 +7,10 @@
   ending bit-identical to an uninterrupted 2-process run (this used to hang or fail in about half the runs:
   the restarted workers read their dead predecessors' gloo addresses from torchrun's shared store; see
   `_attempt_store` in unified_latents/train.py);
-- a truncated newest checkpoint: the previous one is used, with a warning.
+- a truncated newest checkpoint: the previous one is used, with a warning;
+- the log of a 2-process run (and of 1 process with 2 accumulation steps) matches 1 process: it is all-reduced over
+  every micro-batch of every rank, not rank 0's last one (only rank 0 holds the run folder's lock, or the 2-process
+  runs here would fail).
 """
 import os
 import signal
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from unified_latents.train import load_checkpoint
+from unified_latents.train import load_checkpoint, read_metrics
 
 SMOKE = ["--preset", "smoke", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun sets this for its workers; the single process matches
@@ -59,6 +62,16 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         assert diff.median() < 1e-6 and diff.quantile(0.99) < 1e-5 and diff.max() <= 5e-3, (run, diff.max())
     # and the comparison has teeth: another seed (other batches and noise) is far away
     assert parameter_differences(tmp_path / "one", tmp_path / "other_seed").quantile(0.99) > 1e-2
+    # the log covers the whole global batch, all-reduced over the ranks: the same numbers as one process
+    # (the weights differ by float rounding only, see above)
+    logs = {run: [r for r in read_metrics(tmp_path / run / "metrics.jsonl") if "loss" in r]
+            for run in ("one", "two", "accumulated")}
+    for run in ("two", "accumulated"):
+        assert [r["step"] for r in logs[run]] == [r["step"] for r in logs["one"]] == [2, 4, 5]
+        for record, reference in zip(logs[run], logs["one"]):
+            for key in ("loss", "bpp"):
+                assert abs(record[key] - reference[key]) <= 1e-4 * abs(reference[key]), (run, key, record, reference)
+            assert record["loss_by_logsnr"].keys() == reference["loss_by_logsnr"].keys(), run
 
 
 def test_fsdp_matches_one_process_and_its_checkpoint_resumes_without_it(tmp_path):
