@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Everything this project measures on a GPU, as steps sized for a short lease:
-#     bash benchmarks/gpu_checks.sh OUT_DIR [STEP ...]     STEP: tests, bench, throughput (default: tests bench)
+#     bash benchmarks/gpu_checks.sh OUT_DIR [STEP ...]     STEP: tests, bench, throughput, demo (default: tests bench)
 # tests       tests/test_kernels_cuda.py: the compiled kernels against the float64 reference (limit 120 s);
 # bench       benchmarks/loss_kernels.py: eager vs torch.compile vs Triton, do_bench and CUDA-graph replay timings
 #             (limit 300 s);
 # throughput  benchmarks/stage_one_throughput.py: images/s and MFU of an imagenet512 stage-1 step, compiled with
 #             the reference loss (one graph) and with the fused kernel (seven graphs), then eager (limit 540 s;
 #             each torch.compile of that step took about 3 minutes on an H200).
+# demo        `ul_demo --device cuda`: the whole pipeline (stage 1 with bf16 autocast and the fused loss, latent cache,
+#             stage 2, samples) on the embedded photos; its summaries, metrics and pictures are copied to
+#             OUT_DIR/demo (limit 300 s).
 # The default fits one device command (10 minutes at most); run throughput as a second command. Each step has its
 # own time limit and writes under OUT_DIR as it goes, so a step cut short keeps what it measured.
 # Copy the CSVs into benchmarks/results/ and redraw the plot with `python benchmarks/loss_kernels.py --plot-only`.
 set -u
-out=${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR [tests] [bench] [throughput]}
+out=${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR [tests] [bench] [throughput] [demo]}
 shift
 steps=${*:-tests bench}
 for step in $steps; do
-  case $step in tests|bench|throughput) ;; *) echo "unknown step '$step': use tests, bench or throughput" >&2; exit 2;;
+  case $step in tests|bench|throughput|demo) ;; *) echo "unknown step '$step': use tests, bench, throughput or demo" >&2; exit 2;;
   esac
 done
 cd "$(dirname "$0")/.."
@@ -43,5 +46,13 @@ for step in $steps; do
           --out "$out/stage_one_throughput.csv" > "$out/throughput.log" 2>&1
       echo "throughput: exit $? at $(elapsed) s"
       cat "$out/stage_one_throughput.csv" 2>/dev/null;;
+    demo)  # the run folders stay outside OUT_DIR: their checkpoints are hundreds of MB
+      runs=$(mktemp -d)
+      timeout 300 python3 -c 'import sys; from unified_latents.generate import demo_main; sys.exit(demo_main())' \
+          --out_dir "$runs" --device cuda --no-progress > "$out/demo.log" 2>&1
+      echo "demo: exit $? at $(elapsed) s"
+      (cd "$runs" && find . -maxdepth 2 -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.png' \) \
+          -exec install -D {} "$out/demo/{}" \;)
+      tail -n 4 "$out/demo.log";;
   esac
 done
