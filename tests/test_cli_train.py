@@ -81,6 +81,42 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert json.loads((killed_dir / "summary.json").read_text())["train_steps"] == 120
 
 
+def test_sigterm_checkpoints_the_step_it_finishes_and_the_run_resumes_exactly(tmp_path):
+    # checkpoint_every beyond the run: the only checkpoint before the end is the one the signal asks for
+    args = [*SMOKE, "--steps", 120, "--checkpoint_every", 1000, "--log_every", 10]
+    reference = run_cli("ul_train", *args, "--out_dir", tmp_path / "whole")
+    assert reference.returncode == 0, reference.stderr
+
+    stopped_dir = tmp_path / "stopped"
+    command = ["ul_train"] if shutil_which("ul_train") else [sys.executable, "-c",
+               "import sys; from unified_latents.cli import train_main; sys.exit(train_main())"]
+    process = subprocess.Popen(command + [str(a) for a in args] + ["--out_dir", str(stopped_dir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = stopped_dir / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):  # step 10 is logged
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, (out, err)
+    step = load_checkpoint(stopped_dir)["step"]
+    assert 10 <= step < 120, step
+    assert f"stopped by SIGTERM after step {step}" in err and "rerun the same command to resume" in err
+    assert not (stopped_dir / "summary.json").exists()
+    assert [r["step"] for r in train_module.read_metrics(metrics)][-1] == step  # the steps since step 10 are logged
+
+    resumed = run_cli("ul_train", *args, "--out_dir", stopped_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {stopped_dir} from step {step}" in resumed.stdout
+    whole, again = load_checkpoint(tmp_path / "whole"), load_checkpoint(stopped_dir)
+    assert again["step"] == whole["step"] == 120
+    for key in whole["model"]:
+        assert torch.equal(whole["model"][key], again["model"][key]), key
+        assert torch.equal(whole["ema"][key], again["ema"][key]), key
+
+
 @pytest.mark.parametrize("args, message", [
     (["--step", "3"], "unrecognized arguments: --step 3"),
     (["--loss_factor", "-1"], "loss_factor must be a finite number > 0"),

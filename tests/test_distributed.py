@@ -7,6 +7,8 @@
   ending bit-identical to an uninterrupted 2-process run (this used to hang or fail in about half the runs:
   the restarted workers read their dead predecessors' gloo addresses from torchrun's shared store; see
   `_attempt_store` in unified_latents/train.py);
+- SIGTERM to torchrun: both workers stop at the same step with one checkpoint, and the job resumes from it,
+  bit-identical to an uninterrupted run;
 - a truncated newest checkpoint: the previous one is used, with a warning;
 - the log of a 2-process run (and of 1 process with 2 accumulation steps) matches 1 process: it is all-reduced over
   every micro-batch of every rank, not rank 0's last one (only rank 0 holds the run folder's lock, or the 2-process
@@ -126,6 +128,32 @@ def test_torchrun_restarts_a_dead_worker_and_resumes(tmp_path):
     assert "resuming" in output
     assert load_checkpoint(run)["step"] == 60
     assert parameter_differences(tmp_path / "whole", run).max() == 0  # exact: per-step seeding
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_job_resumes(tmp_path):
+    common = [*SMOKE, "--steps", 60, "--batch_size", 4, "--checkpoint_every", 1000, "--log_every", 5]
+    whole = ul_train(*common, "--out_dir", tmp_path / "whole", processes=2)
+    assert whole.returncode == 0, whole.stdout
+
+    run = tmp_path / "stopped"
+    agent = ul_train(*common, "--out_dir", run, processes=2, background=True)
+    deadline = time.time() + 120
+    while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 1):
+        assert agent.poll() is None, agent.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    agent.send_signal(signal.SIGTERM)  # torchrun passes it to both workers
+    output, _ = agent.communicate(timeout=120)
+    assert agent.returncode != 0, output
+    step = load_checkpoint(run)["step"]  # the only checkpoint before the end: the one the signal asked for
+    assert 5 <= step < 60, (step, output)
+    assert f"stopped by SIGTERM after step {step}" in output
+
+    resumed = ul_train(*common, "--out_dir", run, processes=2)
+    assert resumed.returncode == 0, resumed.stdout
+    assert f"resuming {run} from step {step}" in resumed.stdout
+    assert parameter_differences(tmp_path / "whole", run).max() == 0
+    assert parameter_differences(tmp_path / "whole", run, "ema").max() == 0
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
