@@ -99,8 +99,10 @@ def test_sigterm_checkpoints_the_step_it_finishes_and_the_run_resumes_exactly(tm
         assert time.time() < deadline
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # a scheduler and torchrun may both pass it on: the repeat changes nothing
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, (out, err)
+    assert process.returncode == -signal.SIGTERM, (out, err)  # ended by the signal, after its checkpoint
     step = load_checkpoint(stopped_dir)["step"]
     assert 10 <= step < 120, step
     assert f"stopped by SIGTERM after step {step}" in err and "rerun the same command to resume" in err
@@ -115,6 +117,42 @@ def test_sigterm_checkpoints_the_step_it_finishes_and_the_run_resumes_exactly(tm
     for key in whole["model"]:
         assert torch.equal(whole["model"][key], again["model"][key]), key
         assert torch.equal(whole["ema"][key], again["ema"][key]), key
+
+
+def test_ctrl_c_still_stops_a_shell_script_that_runs_training(tmp_path):
+    # bash goes on with a script after Ctrl-C unless the program died of SIGINT: ul_train must, after its checkpoint
+    command = " ".join(["ul_train"] if shutil_which("ul_train") else [sys.executable, "-m", "unified_latents"])
+    run_dir = tmp_path / "run"
+    script = f"{command} {' '.join(map(str, SMOKE))} --steps 400 --checkpoint_every 1000 --out_dir {run_dir}; echo AFTER"
+    shell = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+    deadline = time.time() + 120
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 1):
+        assert shell.poll() is None, shell.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(shell.pid, signal.SIGINT)
+    out, err = shell.communicate(timeout=120)
+    assert "AFTER" not in out, (out, err)
+    assert "stopped by SIGINT after step" in err
+    assert 2 <= load_checkpoint(run_dir)["step"] < 400
+
+
+def test_a_signal_during_the_last_checkpoint_is_not_lost(tmp_path, monkeypatch):
+    saved = train_module.save_checkpoint
+
+    def signal_while_saving(run_dir, state, step, keep):
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, while the checkpoint is written
+        return saved(run_dir, state, step, keep)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", signal_while_saving)
+    config = make_config("smoke", out_dir=str(tmp_path / "run"), checkpoint_every=1000)
+    with pytest.raises(train_module.TrainingStopped, match="stopped by SIGTERM after step 6"):
+        train(config, progress=False)
+    assert load_checkpoint(tmp_path / "run")["step"] == 6
+    assert not (tmp_path / "run" / "summary.json").exists()  # stopped before the final evaluation
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # and the handlers are back
 
 
 @pytest.mark.parametrize("args, message", [

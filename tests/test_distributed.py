@@ -8,7 +8,8 @@
   the restarted workers read their dead predecessors' gloo addresses from torchrun's shared store; see
   `_attempt_store` in unified_latents/train.py);
 - SIGTERM to torchrun: both workers stop at the same step with one checkpoint, and the job resumes from it,
-  bit-identical to an uninterrupted run;
+  bit-identical to an uninterrupted run; SIGTERM to every process (as Slurm sends it) with a slow checkpoint: it is
+  still written;
 - a truncated newest checkpoint: the previous one is used, with a warning;
 - the log of a 2-process run (and of 1 process with 2 accumulation steps) matches 1 process: it is all-reduced over
   every micro-batch of every rank, not rank 0's last one (only rank 0 holds the run folder's lock, or the 2-process
@@ -154,6 +155,38 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_job_resumes(tm
     assert f"resuming {run} from step {step}" in resumed.stdout
     assert parameter_differences(tmp_path / "whole", run).max() == 0
     assert parameter_differences(tmp_path / "whole", run, "ema").max() == 0
+
+
+def test_a_scheduler_signalling_every_process_still_gets_the_checkpoint(tmp_path):
+    # As Slurm does: SIGTERM to both workers and, a moment later, to torchrun, which passes it on again. Rank 0's
+    # checkpoint is made slow (2 s, as a large one is): the other rank must wait for it, and the repeated SIGTERM must
+    # not kill rank 0 in the middle of writing it.
+    script = tmp_path / "slow_checkpoint_train.py"
+    script.write_text("import sys, time\nimport unified_latents.train as train\nsave = train.save_checkpoint\n"
+                      "def slow(*args):\n    time.sleep(2)\n    return save(*args)\n"
+                      "train.save_checkpoint = slow\nfrom unified_latents.cli import train_main\n"
+                      "sys.exit(train_main())\n")
+    run = tmp_path / "run"
+    args = [*SMOKE, "--steps", 400, "--batch_size", 4, "--checkpoint_every", 1000, "--log_every", 5,
+            "--out_dir", run]
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              str(script), *[str(a) for a in args]], env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 1):
+        assert agent.poll() is None, agent.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    workers = _children(agent.pid)
+    assert len(workers) == 2, workers
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.01)
+    agent.send_signal(signal.SIGTERM)
+    output, _ = agent.communicate(timeout=120)
+    step = load_checkpoint(run)["step"]
+    assert 5 <= step < 400, output
+    assert output.count(f"stopped by SIGTERM after step {step}") == 1, output  # rank 0 reports, once
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):

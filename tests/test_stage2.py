@@ -1,9 +1,12 @@
 """Stage 2 through the real commands, in real processes: the smoke pipeline (`ul_demo --smoke`), seeded `ul_sample`,
-stage 2 under torchrun (2 gloo processes) against one process, and the errors a user meets first."""
+stage 2 under torchrun (2 gloo processes) against one process, a SIGTERM that stops stage 2 with a checkpoint, and the
+errors a user meets first."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,31 @@ def test_stage_two_under_torchrun_matches_one_process(pipeline, tmp_path):
     diff = torch.cat([(a["model"][k] - b["model"][k]).abs().flatten() for k in a["model"]])
     # the same tolerance as stage 1's DDP test (tests/test_distributed.py): float32 reduction order, through Adam
     assert diff.median() < 1e-6 and diff.quantile(0.99) < 1e-5 and diff.max() <= 5e-3, diff.max()
+
+
+def test_sigterm_stops_ul_base_with_a_checkpoint_that_resumes(pipeline, tmp_path):
+    root, _ = pipeline
+    common = ["--preset", "smoke", "--stage1_run", root / "smoke", "--steps", 400, "--checkpoint_every", 1000,
+              "--log_every", 5, "--no-progress", "--sample_count", 4, "--device", "cpu"]
+    code = "import sys; from unified_latents.generate import base_main; sys.exit(base_main())"
+    out_dir = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-c", code, *[str(a) for a in common], "--out_dir", str(out_dir)],
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = out_dir / "metrics.jsonl", time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGTERM, (out, err)  # ended by the signal, after its checkpoint
+    step = load_checkpoint(out_dir)["step"]
+    assert 5 <= step < 400 and f"ul_base: stopped by SIGTERM after step {step}" in err, (step, err)
+    assert not (out_dir / "summary.json").exists()
+    # resumed with fewer steps to keep the test short: the run folder allows a changed step count
+    resumed = run(sys.executable, "-c", code, *common[:5], step + 2, *common[6:], "--out_dir", out_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from step {step}" in resumed.stdout and load_checkpoint(out_dir)["step"] == step + 2
 
 
 def test_ul_base_refuses_an_unfinished_stage_one_run(tmp_path):
