@@ -18,11 +18,24 @@ from unified_latents.train import load_checkpoint, make_config, train
 SMOKE = ["--preset", "smoke", "--no-progress"]
 
 
-def run_cli(program, *args, timeout=300):
-    """Run an installed console script (falls back to `python -m`-style entry when not on PATH)."""
+def cli_command(program, *args):
+    """The command line of an installed console script (a `python -c` entry when it is not on PATH)."""
     command = [program] if shutil_which(program) else [sys.executable, "-c",
                f"import sys; from unified_latents.cli import {ENTRY[program]} as main; sys.exit(main())"]
-    return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+    return command + [str(a) for a in args]
+
+
+def run_cli(program, *args, timeout=300):
+    return subprocess.run(cli_command(program, *args), capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_metrics(process, run_dir, timeout=120):
+    "Until the run in `run_dir` has logged its first line of metrics (the process must still be running)."
+    metrics, deadline = Path(run_dir) / "metrics.jsonl", time.time() + timeout
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.02)
 
 
 ENTRY = {"ul_train": "train_main", "ul_reconstruct": "reconstruct_main"}
@@ -56,9 +69,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert reference.returncode == 0, reference.stderr
 
     killed_dir = tmp_path / "killed"
-    command = ["ul_train"] if shutil_which("ul_train") else [sys.executable, "-c",
-               "import sys; from unified_latents.cli import train_main; sys.exit(train_main())"]
-    process = subprocess.Popen(command + [str(a) for a in args] + ["--out_dir", str(killed_dir)],
+    process = subprocess.Popen(cli_command("ul_train", *args, "--out_dir", killed_dir),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed_dir / "checkpoints" / "latest").exists():
@@ -88,16 +99,10 @@ def test_sigterm_checkpoints_the_step_it_finishes_and_the_run_resumes_exactly(tm
     assert reference.returncode == 0, reference.stderr
 
     stopped_dir = tmp_path / "stopped"
-    command = ["ul_train"] if shutil_which("ul_train") else [sys.executable, "-c",
-               "import sys; from unified_latents.cli import train_main; sys.exit(train_main())"]
-    process = subprocess.Popen(command + [str(a) for a in args] + ["--out_dir", str(stopped_dir)],
+    process = subprocess.Popen(cli_command("ul_train", *args, "--out_dir", stopped_dir),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    wait_for_metrics(process, stopped_dir)  # step 10 is logged
     metrics = stopped_dir / "metrics.jsonl"
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):  # step 10 is logged
-        assert process.poll() is None, process.communicate()
-        assert time.time() < deadline
-        time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     time.sleep(0.01)
     process.send_signal(signal.SIGTERM)  # a scheduler and torchrun may both pass it on: the repeat changes nothing
@@ -126,11 +131,7 @@ def test_ctrl_c_still_stops_a_shell_script_that_runs_training(tmp_path):
     script = f"{command} {' '.join(map(str, SMOKE))} --steps 400 --checkpoint_every 1000 --out_dir {run_dir}; echo AFTER"
     shell = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
-    deadline = time.time() + 120
-    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 1):
-        assert shell.poll() is None, shell.communicate()
-        assert time.time() < deadline
-        time.sleep(0.02)
+    wait_for_metrics(shell, run_dir)
     os.killpg(shell.pid, signal.SIGINT)
     out, err = shell.communicate(timeout=120)
     assert "AFTER" not in out, (out, err)
