@@ -1,4 +1,5 @@
 """Stage 1 through its real command-line programs: a run folder, kill-and-resume, and one-line errors."""
+import csv
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ SMOKE = ["--preset", "smoke", "--no-progress"]
 def cli_command(program, *args):
     """The command line of an installed console script (a `python -c` entry when it is not on PATH)."""
     command = [program] if shutil_which(program) else [sys.executable, "-c",
-               f"import sys; from unified_latents.cli import {ENTRY[program]} as main; sys.exit(main())"]
+               f"import sys; from unified_latents.{ENTRY[program]} as main; sys.exit(main())"]
     return command + [str(a) for a in args]
 
 
@@ -38,7 +39,7 @@ def wait_for_metrics(process, run_dir, timeout=120):
         time.sleep(0.02)
 
 
-ENTRY = {"ul_train": "train_main", "ul_reconstruct": "reconstruct_main"}
+ENTRY = {"ul_train": "cli import train_main", "ul_reconstruct": "whole_photos import reconstruct_main"}
 
 
 def shutil_which(name):
@@ -201,9 +202,22 @@ def test_reconstruct_a_folder_skipping_what_is_not_an_image(tmp_path):
     result = run_cli("ul_reconstruct", run, photos, tmp_path / "out", "--steps", 2)
     assert result.returncode == 0, result.stderr
     assert "skipping" in result.stderr and "broken.png" in result.stderr
-    rows = (tmp_path / "out" / "reconstructions.csv").read_text().splitlines()
-    assert rows[0] == "file,psnr_db,bpp_latent" and len(rows) == 3
-    assert (tmp_path / "out" / "img0.png").exists()
+    with open(tmp_path / "out" / "reconstructions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["file"] for row in rows] == ["img0.png", "img1.png"]
+    for row in rows:  # the photo's own size (40×50 is no multiple of the downsampling: padded, then cropped)
+        assert (row["width"], row["height"], row["one_pass"]) == ("50", "40", "True")
+        assert float(row["bpp_bound"]) > 0 and float(row["bits_bound"]) > 0
+        assert float(row["psnr_db"]) > 0 and row["jpeg_psnr_db"] and row["webp_shown_quality"]
+    with Image.open(tmp_path / "out" / "img0.png") as reconstruction:
+        assert reconstruction.size == (50, 40)
+    with Image.open(tmp_path / "out" / "img0_compare.png") as comparison:
+        assert comparison.size[0] >= 4 * 50  # original | UL | JPEG | WebP
+    downscaled = run_cli("ul_reconstruct", run, photos / "img0.png", tmp_path / "small", "--steps", 1,
+                         "--max-side", 20)
+    assert downscaled.returncode == 0, downscaled.stderr
+    with Image.open(tmp_path / "small" / "img0.png") as reconstruction:
+        assert reconstruction.size == (25, 20)
     missing = run_cli("ul_reconstruct", tmp_path / "no_run", photos, tmp_path / "out2")
     assert missing.returncode == 2 and "is not a run folder" in missing.stderr
 

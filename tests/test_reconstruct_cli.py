@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ENV_CODE = "import sys; from unified_latents.cli import {0}; sys.exit({0}())"
+ENV_CODE = "import sys; from unified_latents.{1} import {0}; sys.exit({0}())"
 SMOKE = ["--preset", "smoke", "--steps", "2", "--checkpoint_every", "2", "--no-progress", "--device", "cpu"]
 
 
 def run_cli(entry, *args):
-    return subprocess.run([sys.executable, "-c", ENV_CODE.format(entry), *map(str, args)], capture_output=True,
+    module = "whole_photos" if entry == "reconstruct_main" else "cli"
+    return subprocess.run([sys.executable, "-c", ENV_CODE.format(entry, module), *map(str, args)], capture_output=True,
                           text=True, timeout=600)
 
 
@@ -36,7 +37,10 @@ def test_inputs_sharing_a_stem_get_their_own_reconstructions(stage_one, tmp_path
     originals = photos(tmp_path / "in", ["a.png", "a.jpg", "b.png"])
     result = run_cli("reconstruct_main", stage_one, tmp_path / "in", tmp_path / "out", "--steps", 1)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a.jpg.png", "a.png.png", "b.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png") if "_compare" not in p.name) == \
+        ["a.jpg.png", "a.png.png", "b.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_compare.png")) == \
+        ["a.jpg_compare.png", "a.png_compare.png", "b_compare.png"]
     assert {name: (tmp_path / "in" / name).read_bytes() for name in originals} == originals
 
 

@@ -39,6 +39,12 @@ def test_smoke_pipeline_writes_samples_and_both_rates(pipeline):
     assert len(list((root / "smoke-stage2" / "samples").glob("sample_*.png"))) == 64
     assert (root / "smoke" / "latents" / "manifest.json").exists()
     assert "bits per pixel with the stage-1 prior" in printed
+    stage1 = json.loads((root / "smoke" / "summary.json").read_text())  # the whole held-out photos, one pass
+    assert [row["photo"] for row in stage1["whole_photos"]] == ["coffee", "chelsea"]
+    for row in stage1["whole_photos"]:
+        assert row["one_pass"] and row["height"] == 256 and row["width"] in (384, 385) and row["bpp_bound"] > 0
+        assert row["psnr_db"] > 0 and "jpeg_psnr_db" in row and "webp_psnr_db" in row
+    assert "stage 1, whole coffee (384×256, one pass)" in printed
 
 
 def test_ul_sample_is_reproducible(pipeline, tmp_path):

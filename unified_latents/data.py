@@ -19,10 +19,10 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 # %% auto #0
-__all__ = ['SPLITS', 'DATASETS', 'NEVER_DOWNLOADS', 'PHOTOS', 'PHOTO_SIDE', 'PHOTO_COUNTS', 'CIFAR10_FILES', 'MNIST_FILES',
-           'IMAGE_EXTENSIONS', 'SPLIT_FOLDERS', 'HELDOUT_EVERY', 'DatasetNotFoundError', 'check_split', 'to_unit_range',
-           'TensorImages', 'load_photo', 'CropPlan', 'crop_plan', 'photo_patches', 'cifar10_images', 'mnist_images',
-           'load_image', 'ImageFolderImages', 'load_images', 'image_channels']
+__all__ = ['SPLITS', 'DATASETS', 'NEVER_DOWNLOADS', 'PHOTOS', 'PHOTO_SIDE', 'PHOTO_COUNTS', 'SKLEARN_PHOTOS', 'CIFAR10_FILES',
+           'MNIST_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_FOLDERS', 'HELDOUT_EVERY', 'DatasetNotFoundError', 'check_split',
+           'to_unit_range', 'TensorImages', 'load_photo', 'CropPlan', 'crop_plan', 'photo_patches', 'cifar10_images',
+           'mnist_images', 'load_image', 'ImageFolderImages', 'load_images', 'image_channels']
 
 # %% ../nbs/09_data.ipynb #c7b0bdb8
 SPLITS: tuple[str, ...] = ("train", "heldout")
@@ -71,20 +71,26 @@ class TensorImages(Dataset):
 
 # %% ../nbs/09_data.ipynb #89ebd025
 PHOTOS: dict[str, tuple[str, ...]] = {
-    "train": ("astronaut", "hubble_deep_field", "immunohistochemistry", "rocket", "retina"),
+    "train": ("astronaut", "hubble_deep_field", "immunohistochemistry", "rocket", "retina", "china", "flower"),
     "heldout": ("coffee", "chelsea"),
 }
 PHOTO_SIDE: int = 256  # every photo is downscaled until its shorter side is at most this
 PHOTO_COUNTS: dict[str, int] = {"train": 4096, "heldout": 512}  # patches per split when no count is given
+SKLEARN_PHOTOS: tuple[str, ...] = ("china", "flower")  # in scikit-learn's wheel (load_sample_image); the rest: scikit-image
 
 
 @functools.lru_cache(maxsize=None)
 def load_photo(name: str) -> Tensor:
-    "A scikit-image photograph as a uint8 (3, H, W) tensor, downscaled (Lanczos) to a shorter side of at most 256."
+    "A photograph from the scikit-image or scikit-learn wheel as a uint8 (3, H, W) tensor, downscaled (Lanczos) to a shorter side of at most 256."
     known = PHOTOS["train"] + PHOTOS["heldout"]
     if name not in known:
         raise ValueError(f"name must be one of the photos {known}; got {name!r}.")
-    image = Image.fromarray(getattr(skimage.data, name)())
+    if name in SKLEARN_PHOTOS:
+        from sklearn.datasets import load_sample_image  # imported only here: scikit-learn is slow to import
+        pixels = load_sample_image(f"{name}.jpg")
+    else:
+        pixels = getattr(skimage.data, name)()
+    image = Image.fromarray(pixels)
     scale = PHOTO_SIDE / min(image.size)
     if scale < 1:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)

@@ -18,7 +18,8 @@ from .prior import check_prior_aligned, latent_schedule, prior_elbo
 from .sampling import sample
 
 # %% auto #0
-__all__ = ['ModelConfig', 'StageOneLoss', 'StageOneNoise', 'UnifiedLatents', 'psnr_db', 'bin_by_logsnr', 'model_summary']
+__all__ = ['LEGACY_MODEL_FIELDS', 'ModelConfig', 'StageOneLoss', 'StageOneNoise', 'UnifiedLatents', 'psnr_db', 'bin_by_logsnr',
+           'model_summary']
 
 # %% ../nbs/08_model.ipynb #2df91bb9
 @dataclass
@@ -30,10 +31,12 @@ class ModelConfig:
     patch_size: int = 1  # 2×2 patching (2) as in the paper, or none (1)
     encoder_channels: tuple[int, ...] = (32, 64, 128)
     encoder_blocks: int = 1  # residual blocks per encoder level
+    norm: str = "pixel"  # the conv networks' normalisation: "pixel" (per position, any size) or "group" (GroupNorm)
     prior_width: int = 96
     prior_depth: int = 2
     prior_heads: int = 4
     prior_dropout: float = 0.0
+    prior_positions: str = "conv"  # "conv": relative positions, any latent size; "learned": an absolute table
     decoder_channels: tuple[int, ...] = (32, 64, 128)
     decoder_blocks: int = 1
     decoder_transformer_depth: int = 0  # transformer blocks at the lowest resolution (UViT); 0 = plain U-Net
@@ -56,8 +59,13 @@ class ModelConfig:
 
     @property
     def latent_size(self) -> int:
-        "Side of the latent grid."
+        "Side of the latent grid of a training image."
         return self.image_size // self.downsampling
+
+
+# Fields added after models were first saved, with the value a model saved without them was built with.
+LEGACY_MODEL_FIELDS: dict[str, object] = {"prior_positions": "learned", "norm": "group"}
+
 
 # %% ../nbs/08_model.ipynb #1824ae71
 @dataclass
@@ -95,13 +103,13 @@ class UnifiedLatents(nn.Module):
         check_divisible((config.image_size, config.image_size), config.downsampling, "encoder")
         self.config = config
         self.encoder = Encoder(config.image_channels, tuple(config.encoder_channels), config.encoder_blocks,
-                               config.latent_channels, config.patch_size)
+                               config.latent_channels, config.patch_size, config.norm)
         self.prior = LatentPrior(config.latent_channels, config.latent_size, config.prior_width, config.prior_depth,
-                                 config.prior_heads, dropout=config.prior_dropout)
+                                 config.prior_heads, dropout=config.prior_dropout, positions=config.prior_positions)
         self.decoder = Decoder(config.image_channels, config.latent_channels, tuple(config.decoder_channels),
                                config.decoder_blocks, config.decoder_transformer_depth,
                                config.decoder_transformer_width, config.decoder_heads, config.decoder_dropout,
-                               config.patch_size)
+                               config.patch_size, config.norm)
         self.latent_schedule = latent_schedule(config.logsnr_0, config.latent_logsnr_min, "linear")
         check_prior_aligned(self.latent_schedule, config.logsnr_0)  # pillar 2 holds by construction
         self.pixel_schedule = pixel_schedule(config.image_size, config.pixel_base_resolution,
@@ -116,11 +124,13 @@ class UnifiedLatents(nn.Module):
         return add_fixed_noise(self.encode(x), self.config.logsnr_0, generator=generator)[0]
 
     def draw_noise(self, batch: int, generator: torch.Generator | None = None,
-                   device: torch.device | str | None = None) -> StageOneNoise:
-        "All the randomness of one stage-1 loss evaluation for a batch: times (low-discrepancy) and noises."
+                   device: torch.device | str | None = None, size: tuple[int, int] | None = None) -> StageOneNoise:
+        "All the randomness of one stage-1 loss evaluation for a batch of images of `size` (default: the training size)."
         c = self.config
-        latent = (batch, c.latent_channels, c.latent_size, c.latent_size)
-        image = (batch, c.image_channels, c.image_size, c.image_size)
+        height, width = size or (c.image_size, c.image_size)
+        f = c.downsampling
+        latent = (batch, c.latent_channels, height // f, width // f)
+        image = (batch, c.image_channels, height, width)
         return StageOneNoise(eps_latent=torch.randn(latent, generator=generator, device=device),
                              t_prior=sample_time(batch, generator=generator, device=device),
                              eps_prior=torch.randn(latent, generator=generator, device=device),
@@ -129,10 +139,10 @@ class UnifiedLatents(nn.Module):
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None,
              noise: StageOneNoise | None = None) -> StageOneLoss:
-        "The stage-1 loss L_z + L_x on a batch of images in [−1, 1] (B, C, H, W); `noise` fixes its randomness."
+        "The stage-1 loss L_z + L_x on a batch of images in [−1, 1] (B, C, H, W), any multiple of the downsampling."
         self._check_images(x)
         if noise is None:
-            noise = self.draw_noise(x.shape[0], generator, x.device)
+            noise = self.draw_noise(x.shape[0], generator, x.device, tuple(x.shape[-2:]))
         z_clean = self.encode(x)
         z_0, _ = add_fixed_noise(z_clean, self.config.logsnr_0, eps=noise.eps_latent.to(z_clean.dtype))
         rate = prior_elbo(self.prior, z_clean, self.latent_schedule, parameterization=self.config.parameterization,
@@ -156,7 +166,8 @@ class UnifiedLatents(nn.Module):
     def decode(self, z_0: Tensor, steps: int = 32, method: str = "ddim", generator: torch.Generator | None = None,
                progress: bool = False) -> Tensor:
         "Images in [−1, 1] from noisy latents z_0 by a diffusion decode from pure noise (`steps` network calls)."
-        shape = (z_0.shape[0], self.config.image_channels, self.config.image_size, self.config.image_size)
+        f = self.config.downsampling
+        shape = (z_0.shape[0], self.config.image_channels, z_0.shape[-2] * f, z_0.shape[-1] * f)
         return sample(lambda x_t, logsnr: self.decoder(x_t, logsnr, z_0), shape, self.pixel_schedule, steps,
                       method=method, parameterization=self.config.parameterization, clip_x=True,
                       generator=generator, device=z_0.device, progress=progress)
@@ -170,18 +181,26 @@ class UnifiedLatents(nn.Module):
 
     @torch.no_grad()
     def sample_latents(self, count: int, steps: int = 32, method: str = "ddim",
-                       generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
-        "Noisy latents z_0 from the prior: sampled down to λ0 and stopped there."
+                       generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                       latent_size: tuple[int, int] | None = None) -> Tensor:
+        "Noisy latents z_0 from the prior: sampled down to λ0 and stopped there (default size: the training latent's)."
         c = self.config
-        return sample(self.prior, (count, c.latent_channels, c.latent_size, c.latent_size), self.latent_schedule,
+        height, width = latent_size or (c.latent_size, c.latent_size)
+        return sample(self.prior, (count, c.latent_channels, height, width), self.latent_schedule,
                       steps, method=method, parameterization=c.parameterization, return_noisy=True,
                       generator=generator, device=device)
 
     def _check_images(self, x: Tensor) -> None:
         c = self.config
-        if x.ndim != 4 or x.shape[1] != c.image_channels or tuple(x.shape[-2:]) != (c.image_size, c.image_size):
-            raise ValueError(f"images must have shape (B, {c.image_channels}, {c.image_size}, {c.image_size}) for "
-                             f"this model; got {tuple(x.shape)}.")
+        if x.ndim != 4 or x.shape[1] != c.image_channels:
+            raise ValueError(f"images must have shape (B, {c.image_channels}, H, W) for this model (trained on "
+                             f"{c.image_size}×{c.image_size}); got {tuple(x.shape)}.")
+        check_divisible(x.shape[-2:], c.downsampling, "encoder")
+        if c.prior_positions == "learned" and tuple(x.shape[-2:]) != (c.image_size, c.image_size):
+            raise ValueError(f"this model's prior has absolute positions: it takes only {c.image_size}×{c.image_size} "
+                             f"images (cut larger ones into tiles); got {tuple(x.shape)}.")
+
+
 
 # %% ../nbs/08_model.ipynb #5fc2ef4a
 def psnr_db(images: Tensor, references: Tensor) -> Tensor:

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['LogSNREmbedding', 'ResBlock', 'TransformerBlock', 'Encoder', 'check_divisible', 'LatentPrior', 'Decoder',
-           'count_parameters', 'count_flops']
+__all__ = ['NORMS', 'PRIOR_POSITIONS', 'LogSNREmbedding', 'ChannelNorm', 'make_norm', 'ResBlock', 'TransformerBlock', 'Encoder',
+           'check_divisible', 'window_partition', 'window_merge', 'LatentPrior', 'Decoder', 'count_parameters',
+           'count_flops']
 
 # %% ../nbs/06_nets.ipynb #96fc3dcf
 class LogSNREmbedding(nn.Module):
@@ -34,15 +35,40 @@ def _groups(channels: int) -> int:
     "GroupNorm groups: 32 where it divides the channels, else the largest divisor ≤ 32."
     return max(g for g in range(1, 33) if channels % g == 0)
 
+
+NORMS: tuple[str, ...] = ("pixel", "group")
+
+
+class ChannelNorm(nn.Module):
+    "LayerNorm across the channels of each position (B, C, H, W): a pixel's output depends on that pixel only."
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        return h.permute(0, 3, 1, 2)
+
+
+def make_norm(channels: int, kind: str = "pixel") -> nn.Module:
+    "The convolutional networks' normalisation: 'pixel' (ChannelNorm, any image size) or 'group' (GroupNorm)."
+    if kind not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}; got {kind!r}.")
+    return ChannelNorm(channels) if kind == "pixel" else nn.GroupNorm(_groups(channels), channels)
+
 # %% ../nbs/06_nets.ipynb #40dc1f45
 class ResBlock(nn.Module):
     "Residual conv block with λ-conditioned scale and shift: x + conv(silu(norm(conv(x)) * (1 + s) + b))."
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int = 0, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int = 0, dropout: float = 0.0,
+                 norm: str = "pixel"):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
+        self.norm1 = make_norm(in_channels, norm)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
+        self.norm2 = make_norm(out_channels, norm)
         self.modulation = nn.Linear(emb_dim, 2 * out_channels) if emb_dim else None
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -78,11 +104,12 @@ class TransformerBlock(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # x: (B, N, width)
+    def forward(self, x: Tensor, emb: Tensor, attn_mask: Tensor | None = None) -> Tensor:  # x: (B, N, width)
+        "`attn_mask` (boolean, True = may attend) broadcasts to (B, heads, N, N); None lets every token see every other."
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(emb))[:, None].chunk(6, dim=2)
         h = self.norm1(x) * (1 + scale1) + shift1
         q, k, v = self.qkv(h).unflatten(2, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # each (B, heads, N, d)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)  # (B, N, width)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2).flatten(2)
         x = x + gate1 * self.dropout(self.proj(attended))
         h = self.norm2(x) * (1 + scale2) + shift2
         return x + gate2 * self.dropout(self.mlp(h))
@@ -92,7 +119,7 @@ class Encoder(nn.Module):
     "Deterministic ResNet encoder x (B, C, H, W) → z_clean (B, latent_channels, H/f, W/f)."
 
     def __init__(self, image_channels: int = 3, channels: tuple[int, ...] = (32, 64, 128), blocks_per_level: int = 1,
-                 latent_channels: int = 4, patch_size: int = 1):
+                 latent_channels: int = 4, patch_size: int = 1, norm: str = "pixel"):
         super().__init__()
         self.patch_size = patch_size
         self.downsampling = patch_size * 2 ** (len(channels) - 1)
@@ -102,9 +129,9 @@ class Encoder(nn.Module):
             previous = channels[max(level - 1, 0)]
             if level > 0:
                 layers.append(nn.Conv2d(previous, previous, 3, stride=2, padding=1))
-            layers += [ResBlock(previous if i == 0 else width, width) for i in range(blocks_per_level)]
+            layers += [ResBlock(previous if i == 0 else width, width, norm=norm) for i in range(blocks_per_level)]
         self.blocks = nn.Sequential(*layers)
-        self.out = nn.Sequential(nn.GroupNorm(_groups(channels[-1]), channels[-1]), nn.SiLU(),
+        self.out = nn.Sequential(make_norm(channels[-1], norm), nn.SiLU(),
                                  nn.Conv2d(channels[-1], latent_channels, 3, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -122,15 +149,50 @@ def check_divisible(size: tuple[int, int] | torch.Size, factor: int, what: str) 
                          f"{factor}: use sides that are multiples of {factor} (e.g. {max(factor, height // factor * factor)}).")
 
 # %% ../nbs/06_nets.ipynb #ec6a09ef
+PRIOR_POSITIONS: tuple[str, ...] = ("conv", "learned")
+
+
+def window_partition(h: Tensor, window: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+    "Cut a token grid (B, H, W, D) into windows (B·n, wh·ww, D), zero-padding the last ones; and the mask of real tokens."
+    batch, height, width, dim = h.shape
+    wh, ww = window
+    pad_h, pad_w = -height % wh, -width % ww
+    valid = None
+    if pad_h or pad_w:
+        h = F.pad(h, (0, 0, 0, pad_w, 0, pad_h))
+        real = torch.zeros(height + pad_h, width + pad_w, dtype=torch.bool, device=h.device)
+        real[:height, :width] = True
+        valid = real.unflatten(0, (-1, wh)).unflatten(2, (-1, ww)).permute(0, 2, 1, 3).flatten(2)  # (nh, nw, wh·ww)
+        valid = valid.flatten(0, 1).repeat(batch, 1)  # (B·n, wh·ww)
+    rows, cols = h.shape[1] // wh, h.shape[2] // ww
+    windows = h.reshape(batch, rows, wh, cols, ww, dim).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, dim)
+    return windows, valid
+
+
+def window_merge(windows: Tensor, window: tuple[int, int], height: int, width: int) -> Tensor:
+    "Inverse of `window_partition`: windows (B·n, wh·ww, D) back to the grid (B, height, width, D), padding dropped."
+    wh, ww = window
+    rows, cols = -(-height // wh), -(-width // ww)
+    dim = windows.shape[-1]
+    grid = windows.reshape(-1, rows, cols, wh, ww, dim).permute(0, 1, 3, 2, 4, 5).reshape(-1, rows * wh, cols * ww, dim)
+    return grid[:, :height, :width]
+
+
 class LatentPrior(nn.Module):
-    "Transformer denoiser over latents: (z_t (B, C, h, w), λ (B,)) → prediction (B, C, h, w)."
+    "Transformer denoiser over latents: (z_t (B, C, h, w), λ (B,)) → prediction (B, C, h, w), at any latent size."
 
     def __init__(self, latent_channels: int = 4, latent_size: int = 8, width: int = 96, depth: int = 2,
-                 heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0):
+                 heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, positions: str = "conv"):
         super().__init__()
+        if positions not in PRIOR_POSITIONS:
+            raise ValueError(f"positions must be one of {PRIOR_POSITIONS}; got {positions!r}.")
+        self.positions, self.window = positions, latent_size
         self.embed = LogSNREmbedding(width)
         self.inp = nn.Linear(latent_channels, width)
-        self.position = nn.Parameter(torch.randn(1, latent_size * latent_size, width) * 0.02)
+        if positions == "learned":  # the absolute table of models trained before: fixes the latent size
+            self.position = nn.Parameter(torch.randn(1, latent_size * latent_size, width) * 0.02)
+        else:
+            self.position_conv = nn.Conv2d(width, width, 3, padding=1, groups=width)
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, width, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, latent_channels)
@@ -139,14 +201,29 @@ class LatentPrior(nn.Module):
 
     def forward(self, z: Tensor, logsnr: Tensor) -> Tensor:
         batch, channels, height, width = z.shape
-        if height * width != self.position.shape[1]:
-            raise ValueError(f"the prior was built for {self.position.shape[1]} latent positions; "
-                             f"got a {height}×{width} latent.")
         emb = self.embed(logsnr)
-        h = self.inp(z.flatten(2).transpose(1, 2)) + self.position  # (B, h·w, width)
-        for block in self.blocks:
-            h = block(h, emb)
-        return self.out(self.norm(h)).transpose(1, 2).reshape(batch, channels, height, width)
+        h = self.inp(z.permute(0, 2, 3, 1))  # (B, h, w, width)
+        if self.positions == "learned":
+            if height * width != self.position.shape[1]:
+                raise ValueError(f"this prior has a table of {self.position.shape[1]} absolute positions (a model "
+                                 f"trained before size-agnostic priors); it rates only that latent size, got "
+                                 f"{height}×{width}: cut the image into tiles of its training size.")
+            h = h.flatten(1, 2) + self.position
+            for block in self.blocks:
+                h = block(h, emb)
+            h = h.unflatten(1, (height, width))
+        else:
+            h = h + self.position_conv(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            window = (min(self.window, height), min(self.window, width))
+            tokens, valid = window_partition(h, window)
+            per_image = tokens.shape[0] // batch
+            emb = emb.repeat_interleave(per_image, dim=0)
+            mask = None if valid is None else valid[:, None, None, :]  # keys that are real tokens
+            for block in self.blocks:
+                tokens = block(tokens, emb, mask)
+            h = window_merge(tokens, window, height, width)
+        return self.out(self.norm(h)).permute(0, 3, 1, 2).contiguous()
+
 
 # %% ../nbs/06_nets.ipynb #67c3c233
 class Decoder(nn.Module):
@@ -154,7 +231,7 @@ class Decoder(nn.Module):
 
     def __init__(self, image_channels: int = 3, latent_channels: int = 4, channels: tuple[int, ...] = (32, 64, 128),
                  blocks_per_level: int = 1, transformer_depth: int = 0, transformer_width: int = 256,
-                 heads: int = 4, dropout: float = 0.0, patch_size: int = 1):
+                 heads: int = 4, dropout: float = 0.0, patch_size: int = 1, norm: str = "pixel"):
         super().__init__()
         self.patch_size = patch_size
         self.downsampling = patch_size * 2 ** (len(channels) - 1)
@@ -171,7 +248,7 @@ class Decoder(nn.Module):
         for level, width in enumerate(channels):
             previous = channels[max(level - 1, 0)]
             self.downsample.append(nn.Conv2d(previous, previous, 3, stride=2, padding=1) if level else nn.Identity())
-            self.down.append(nn.ModuleList(ResBlock(previous if i == 0 else width, width, emb_dim, dropout)
+            self.down.append(nn.ModuleList(ResBlock(previous if i == 0 else width, width, emb_dim, dropout, norm)
                                            for i in range(blocks_per_level)))
         self.middle = nn.ModuleList(TransformerBlock(transformer_width, heads, emb_dim, dropout=dropout)
                                     for _ in range(transformer_depth))
@@ -181,10 +258,10 @@ class Decoder(nn.Module):
         self.upsample = nn.ModuleList()
         for level in reversed(range(len(channels))):
             width = channels[level]
-            self.up.append(nn.ModuleList(ResBlock(2 * width if i == 0 else width, width, emb_dim, dropout)
+            self.up.append(nn.ModuleList(ResBlock(2 * width if i == 0 else width, width, emb_dim, dropout, norm)
                                          for i in range(blocks_per_level)))
             self.upsample.append(nn.Conv2d(width, channels[level - 1], 3, padding=1) if level else nn.Identity())
-        self.out = nn.Sequential(nn.GroupNorm(_groups(channels[0]), channels[0]), nn.SiLU(),
+        self.out = nn.Sequential(make_norm(channels[0], norm), nn.SiLU(),
                                  nn.Conv2d(channels[0], image_channels * patch_size**2, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)

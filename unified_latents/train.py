@@ -34,7 +34,7 @@ import unified_latents
 from .data import load_images, to_unit_range
 from .nets import ResBlock, TransformerBlock, check_divisible
 from unified_latents.model import (
-    ModelConfig, UnifiedLatents, bin_by_logsnr, model_summary, psnr_db,
+    LEGACY_MODEL_FIELDS, ModelConfig, UnifiedLatents, bin_by_logsnr, model_summary, psnr_db,
 )
 
 # %% auto #0
@@ -114,8 +114,11 @@ def config_from_preset(config_class: type, presets: dict[str, dict], preset: str
 
 
 def config_from_fields(config_class: type, fields: dict):
-    "A config from its JSON form (config.json, a checkpoint): lists become the tuples the dataclass holds."
-    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    """A config from its JSON form (config.json, a checkpoint): lists become the tuples the dataclass holds. A field
+    that a file written before it existed lacks takes the value such models were built with (`LEGACY_MODEL_FIELDS`)."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    legacy = {k: v for k, v in LEGACY_MODEL_FIELDS.items() if k in known and k not in fields}
+    return config_class(**legacy, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def make_config(preset: str = "demo", **overrides) -> TrainConfig:
@@ -188,6 +191,10 @@ def validate_config(config: TrainConfig) -> None:
         _bad(config, "logsnr_0", "in [0, 20] (the paper uses 5)")
     if config.dataset not in ("photos", "cifar10", "mnist", "imagefolder"):
         _bad(config, "dataset", "one of photos, cifar10, mnist, imagefolder")
+    if config.norm not in ("pixel", "group"):
+        _bad(config, "norm", "pixel or group")
+    if config.prior_positions not in ("conv", "learned"):
+        _bad(config, "prior_positions", "conv or learned")
     if config.parameterization not in ("eps", "x", "v"):
         _bad(config, "parameterization", "one of eps, x, v")
     if config.decode_method not in ("ddim", "ancestral"):
