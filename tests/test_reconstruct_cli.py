@@ -70,3 +70,15 @@ def test_help_says_where_config_defaults_come_from():
     result = run_cli("train_main", "--help")
     assert result.returncode == 0 and "default: None" not in result.stdout
     assert "(default: the preset's value)" in " ".join(result.stdout.split())
+
+
+def test_temperature_is_recorded_and_checked(stage_one, tmp_path):
+    photos(tmp_path / "in", ["a.png"])
+    result = run_cli("reconstruct_main", stage_one, tmp_path / "in", tmp_path / "out", "--steps", 2,
+                     "--temperature", 0)
+    assert result.returncode == 0, result.stderr
+    header, row = (tmp_path / "out" / "reconstructions.csv").read_text().splitlines()
+    assert dict(zip(header.split(","), row.split(",")))["temperature"] == "0.0"
+    result = run_cli("reconstruct_main", stage_one, tmp_path / "in", tmp_path / "out2", "--temperature", 1.5)
+    assert result.returncode == 2 and "--temperature must be in [0, 1]" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

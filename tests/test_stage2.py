@@ -44,6 +44,7 @@ def test_smoke_pipeline_writes_samples_and_both_rates(pipeline):
     for row in stage1["whole_photos"]:
         assert row["one_pass"] and row["height"] == 256 and row["width"] in (384, 385) and row["bpp_bound"] > 0
         assert row["psnr_db"] > 0 and "jpeg_psnr_db" in row and "webp_psnr_db" in row
+        assert row["temperature"] == 1.0 and row["temperature_0_psnr_db"] > 0 and row["temperature_0_coarse_psnr_db"] > 0
     assert "stage 1, whole coffee (384×256, one pass)" in printed
 
 

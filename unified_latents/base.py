@@ -287,8 +287,11 @@ class BaseConfig(RunConfig):
 
 
 BASE_PRESETS: dict[str, dict] = {
-    "demo": dict(stage1_run="runs/demo", out_dir="runs/demo-stage2", steps=1500, batch_size=64, lr=1e-3,
-                 warmup_steps=100, checkpoint_every=500, log_every=50, eval_count=256, channels_last=False),
+    # The demo's stage 2 is sized so that ul_demo, both stages and the whole-photo figures, fits in 20 minutes on
+    # 2 CPU cores: 700 steps, and 128 samples for the Fréchet distance (its real-vs-real floor uses as many).
+    "demo": dict(stage1_run="runs/demo", out_dir="runs/demo-stage2", steps=700, batch_size=64, lr=1e-3,
+                 warmup_steps=100, checkpoint_every=350, log_every=50, eval_count=256, sample_count=128,
+                 channels_last=False),
     "smoke": dict(stage1_run="runs/smoke", out_dir="runs/smoke-stage2", widths=(16, 32), depths=(1, 1), steps=6,
                   batch_size=4, warmup_steps=2, log_every=2, checkpoint_every=3, eval_count=8, sample_steps=4,
                   decode_steps=2, sample_count=16, channels_last=False),
@@ -517,7 +520,7 @@ def _final_generation(config: BaseConfig, ema: LatentDiffusion, stage1: UnifiedL
                       run_dir: Path, device: torch.device, batch_size: int = 256) -> dict:
     "Generate `sample_count` images in batches, keeping only their features (and 64 for the grids): any count fits."
     from matplotlib.image import imsave
-    from unified_latents.data import photo_patches
+    from unified_latents.data import PHOTOS, photo_patches
     c = stage1.config
     networks = {}  # feature name → network
     if c.dataset == "photos":
@@ -563,8 +566,9 @@ def _final_generation(config: BaseConfig, ema: LatentDiffusion, stage1: UnifiedL
             "fd_patchnet_prior": frechet_distance_of(reference, torch.cat(features["prior", "patchnet"])),
             "fd_patchnet_real_floor": frechet_distance_of(reference, floor), "patchnet_accuracy": accuracy})
         summary["units"]["fd_patchnet"] = (
-            f"squared Fréchet distance in the 64 features of PatchFeatureNet (trained here to tell the 5 training "
-            f"photos apart, accuracy {accuracy:.1%}), {config.sample_count} samples vs as many real training "
+            f"squared Fréchet distance in the 64 features of PatchFeatureNet (trained here to tell the "
+            f"{len(PHOTOS['train'])} training photos apart, accuracy {accuracy:.1%}), {config.sample_count} samples "
+            f"vs as many real training "
             f"patches; NOT comparable to published FID. real_floor: two sets of real patches")
     if "inception" in networks:
         train_set = _stage_one_datasets(c)["train"]

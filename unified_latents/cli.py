@@ -59,6 +59,7 @@ FIELD_HELP: dict[str, str] = {
     "dataset": "photos (embedded patches), cifar10, mnist or imagefolder",
     "data_root": "local folder of cifar10 / mnist / imagefolder data (never downloaded)",
     "train_count": "number of photo patches to train on (photos only)",
+    "permute_colours": "show each training image in one of the six RGB channel orders (RGB images only)",
     "seed": "seed of the data, the initialisation and every step's noise",
     "steps": "optimisation steps",
     "batch_size": "the global batch: images per optimisation step over all processes",

@@ -19,10 +19,11 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 # %% auto #0
-__all__ = ['SPLITS', 'DATASETS', 'NEVER_DOWNLOADS', 'PHOTOS', 'PHOTO_SIDE', 'PHOTO_COUNTS', 'SKLEARN_PHOTOS', 'CIFAR10_FILES',
-           'MNIST_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_FOLDERS', 'HELDOUT_EVERY', 'DatasetNotFoundError', 'check_split',
-           'to_unit_range', 'TensorImages', 'load_photo', 'CropPlan', 'crop_plan', 'photo_patches', 'cifar10_images',
-           'mnist_images', 'load_image', 'ImageFolderImages', 'load_images', 'image_channels']
+__all__ = ['SPLITS', 'DATASETS', 'NEVER_DOWNLOADS', 'PHOTOS', 'PHOTO_SIDE', 'PHOTO_COUNTS', 'SKLEARN_PHOTOS', 'COLOUR_ORDERS',
+           'CIFAR10_FILES', 'MNIST_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_FOLDERS', 'HELDOUT_EVERY', 'DatasetNotFoundError',
+           'check_split', 'to_unit_range', 'TensorImages', 'load_photo', 'CropPlan', 'crop_plan', 'photo_patches',
+           'colour_orders', 'permute_colours', 'cifar10_images', 'mnist_images', 'load_image', 'ImageFolderImages',
+           'load_images', 'image_channels']
 
 # %% ../nbs/09_data.ipynb #c7b0bdb8
 SPLITS: tuple[str, ...] = ("train", "heldout")
@@ -130,6 +131,27 @@ def photo_patches(split: str = "train", image_size: int = 32, count: int = 4096,
                            for name, t, l in zip(plan.photo, plan.top.tolist(), plan.left.tolist())])
     patches[plan.flip] = patches[plan.flip].flip(-1)
     return to_unit_range(patches)
+
+# %% ../nbs/09_data.ipynb #6b8864d6
+COLOUR_ORDERS: Tensor = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])  # RGB … BGR
+
+
+def colour_orders(count: int, seed: int = 0) -> Tensor:
+    "One of the six RGB channel orders (an index into COLOUR_ORDERS) for each of `count` examples, fixed by `seed`."
+    count = _positive_int(count, "count", "the number of examples")
+    # A generator of its own, offset from the crop plan's: the orders do not shift when the crops' draws change.
+    return torch.randint(len(COLOUR_ORDERS), (count,), generator=torch.Generator().manual_seed(int(seed) + 7_919))
+
+
+def permute_colours(images: Tensor, orders: Tensor) -> Tensor:
+    "RGB images (B, 3, H, W), each with its channels reordered by `orders` (B,) — indices into COLOUR_ORDERS."
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be RGB, (B, 3, H, W); got {tuple(images.shape)} (colour orders need three "
+                         "channels: turn permute_colours off for grey images).")
+    if orders.shape != (images.shape[0],):
+        raise ValueError(f"orders must hold one index per image, shape ({images.shape[0]},); got {tuple(orders.shape)}.")
+    channels = COLOUR_ORDERS.to(images.device)[orders.to(images.device)]  # (B, 3): the source channel of each output
+    return images.gather(1, channels[:, :, None, None].expand_as(images))
 
 # %% ../nbs/09_data.ipynb #0ad597ec
 CIFAR10_FILES: dict[str, tuple[str, ...]] = {

@@ -196,8 +196,9 @@ def demo_main(argv: list[str] | None = None) -> int:
         from unified_latents.whole_photos import add_whole_photo_figures  # the whole-photo measurement
         for row in add_whole_photo_figures(stage1_dir, args.device):
             print(f"stage 1, whole {row['photo']} ({row['width']}×{row['height']}, one pass): {row['psnr_db']:.2f} dB "
-                  f"at {row['bpp_bound']:.3f} bits per pixel (bound); at that rate JPEG {row['jpeg_psnr_db']:.2f} dB, "
-                  f"WebP {row['webp_psnr_db']:.2f} dB", flush=True)
+                  f"(one decode; {row['temperature_0_psnr_db']:.2f} dB at temperature 0) at {row['bpp_bound']:.3f} "
+                  f"bits per pixel (bound); at that rate JPEG {row['jpeg_psnr_db']:.2f} dB, WebP "
+                  f"{row['webp_psnr_db']:.2f} dB", flush=True)
         second = train_base(make_base_config(preset, stage1_run=str(stage1_dir), out_dir=str(stage2_dir),
                                              device=args.device), progress=progress)
         print(_report(second), flush=True)

@@ -164,20 +164,22 @@ class UnifiedLatents(nn.Module):
 
     @torch.no_grad()
     def decode(self, z_0: Tensor, steps: int = 32, method: str = "ddim", generator: torch.Generator | None = None,
-               progress: bool = False) -> Tensor:
-        "Images in [−1, 1] from noisy latents z_0 by a diffusion decode from pure noise (`steps` network calls)."
+               progress: bool = False, temperature: float = 1.0) -> Tensor:
+        """Images in [−1, 1] from noisy latents z_0 by a diffusion decode from pure noise (`steps` network calls);
+        `temperature` < 1 scales that noise down (0: a deterministic decode near the posterior mean, softer)."""
         f = self.config.downsampling
         shape = (z_0.shape[0], self.config.image_channels, z_0.shape[-2] * f, z_0.shape[-1] * f)
         return sample(lambda x_t, logsnr: self.decoder(x_t, logsnr, z_0), shape, self.pixel_schedule, steps,
                       method=method, parameterization=self.config.parameterization, clip_x=True,
-                      generator=generator, device=z_0.device, progress=progress)
+                      generator=generator, device=z_0.device, progress=progress, temperature=temperature)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, steps: int = 32, method: str = "ddim",
-                    generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+                    generator: torch.Generator | None = None, progress: bool = False,
+                    temperature: float = 1.0) -> Tensor:
         "Encode, noise to λ0, and decode from pure noise: a real reconstruction, never one network call."
         self._check_images(x)
-        return self.decode(self.encode_noisy(x, generator), steps, method, generator, progress)
+        return self.decode(self.encode_noisy(x, generator), steps, method, generator, progress, temperature)
 
     @torch.no_grad()
     def sample_latents(self, count: int, steps: int = 32, method: str = "ddim",

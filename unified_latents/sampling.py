@@ -31,13 +31,17 @@ def sample(denoiser: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...],
            steps: int = 32, *, method: Literal["ddim", "ancestral"] = "ddim",
            parameterization: Parameterization = "v", return_noisy: bool = False, clip_x: bool = False,
            generator: torch.Generator | None = None, device: torch.device | str | None = None,
-           progress: bool = False) -> Tensor:
-    "Sample from a diffusion model; returns the last x̂, or (return_noisy) the noisy z at λ(0), e.g. λ0."
+           progress: bool = False, temperature: float = 1.0) -> Tensor:
+    """Sample from a diffusion model; returns the last x̂, or (return_noisy) the noisy z at λ(0), e.g. λ0.
+    `temperature` scales the starting noise (and the ancestral sampler's fresh noise): 1 samples, 0 walks from the
+    mean — a sharper-or-softer knob, explained below."""
     check_parameterization(parameterization)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 1:
+        raise ValueError(f"temperature must be a number in [0, 1] (1: a sample, 0: from the mean); got {temperature!r}.")
     if method not in ("ddim", "ancestral"):
         raise ValueError(f"method must be 'ddim' or 'ancestral'; got {method!r}.")
     logsnrs = sampling_logsnrs(schedule, steps).float().to(device)
-    z = torch.randn(shape, generator=generator, device=device)
+    z = torch.randn(shape, generator=generator, device=device) * temperature
     batch = torch.ones(shape[0], device=device)
     for i in tqdm(range(steps), disable=not progress, desc="sampling", leave=False):
         lam_t, lam_s = logsnrs[i], logsnrs[i + 1]
@@ -56,6 +60,6 @@ def sample(denoiser: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...],
             alpha_t, _ = alpha_sigma(lam_t)
             ratio = torch.exp(lam_t - lam_s)  # e^{λt − λs} < 1
             c = -torch.expm1(lam_t - lam_s)
-            noise = torch.randn(shape, generator=generator, device=device)
+            noise = torch.randn(shape, generator=generator, device=device) * temperature
             z = ratio * alpha_s / alpha_t * z + c * alpha_s * x_hat + (c.sqrt() * sigma_s) * noise
     return z

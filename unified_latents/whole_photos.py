@@ -234,15 +234,17 @@ class PhotoReconstruction:
     psnr_db: float  # of the uint8 reconstruction against the photo, on [0, 1]
     coarse_psnr_db: float  # the same on the means of 16×16 blocks
     decodes: int  # 1: one sample of the decoder; K > 1: the mean of K samples (an estimate of the posterior mean)
+    temperature: float  # of the decode's starting noise: 1 a sample, 0 a deterministic decode near the mean
     one_pass: bool  # False: a model saved before size-agnostic networks, run tile by tile
     seconds: float
 
 
 @torch.no_grad()
 def reconstruct_photo(model: UnifiedLatents, image: Tensor, steps: int = 32, method: str = "ddim", decodes: int = 1,
-                      rate_draws: int = 64, seed: int = 0) -> PhotoReconstruction:
+                      rate_draws: int = 64, seed: int = 0, temperature: float = 1.0) -> PhotoReconstruction:
     """Encode, rate and decode a photo (uint8 (C, H, W), any size) at its own size: one pass where the model allows,
-    else tile by tile. `decodes` > 1 returns the mean of that many decodes of the same z_0 (sharper: 1)."""
+    else tile by tile. `decodes` > 1 returns the mean of that many decodes of the same z_0, `temperature` < 1 a
+    decode from scaled-down noise (both trade the sample's sharpness for PSNR; 1 and 1: one sharp sample)."""
     if not isinstance(image, Tensor) or image.dtype != torch.uint8 or image.ndim != 3:
         raise ValueError(f"image must be a uint8 (C, H, W) tensor (read_photo gives one); got "
                          f"{getattr(image, 'dtype', type(image).__name__)} {tuple(getattr(image, 'shape', ()))}.")
@@ -264,7 +266,7 @@ def reconstruct_photo(model: UnifiedLatents, image: Tensor, steps: int = 32, met
     z_0 = model.encode_noisy(x, generator)
     total = torch.zeros_like(x)
     for _ in range(decodes):
-        total += model.decode(z_0, steps, method, generator)
+        total += model.decode(z_0, steps, method, generator, temperature=temperature)
     mean = total / decodes
     mean = mean[0] if whole else from_tiles(mean, *pad_to_multiple(image[None].float(), model.config.image_size).shape[-2:])
     reconstruction = to_uint8(mean[:, :height, :width].cpu())
@@ -272,17 +274,18 @@ def reconstruct_photo(model: UnifiedLatents, image: Tensor, steps: int = 32, met
     bits = nats.item() / math.log(2)
     return PhotoReconstruction(reconstruction, bits, bits / (height * width), psnr_db(decoded, reference).item(),
                                coarse_psnr_db(decoded, reference).item() if min(height, width) >= COARSE_BLOCK
-                               else float("nan"), decodes, whole, time.perf_counter() - start)
+                               else float("nan"), decodes, float(temperature), whole,
+                               time.perf_counter() - start)
 
 # %% ../nbs/16_whole_photos.ipynb #36111773
 def compare_with_codecs(model: UnifiedLatents, image: Tensor, steps: int = 32, method: str = "ddim", decodes: int = 1,
-                        seed: int = 0) -> tuple[dict, dict[str, Tensor]]:
+                        seed: int = 0, temperature: float = 1.0) -> tuple[dict, dict[str, Tensor]]:
     """A photo (uint8 (3, H, W)) through UL and through JPEG and WebP at UL's rate: one row of figures, and the four
     pictures (uint8) — the codecs' the largest file that fits UL's rate."""
-    result = reconstruct_photo(model, image, steps, method, decodes, seed=seed)
+    result = reconstruct_photo(model, image, steps, method, decodes, seed=seed, temperature=temperature)
     row = {"width": image.shape[2], "height": image.shape[1], "bits_bound": round(result.bits),
            "bpp_bound": result.bits_per_pixel, "psnr_db": result.psnr_db, "coarse_psnr_db": result.coarse_psnr_db,
-           "decodes": decodes, "decode_steps": steps, "method": method, "one_pass": result.one_pass,
+           "decodes": decodes, "temperature": float(temperature), "decode_steps": steps, "method": method, "one_pass": result.one_pass,
            "seconds": round(result.seconds, 2)}
     pictures = {"original": image, "UL": result.reconstruction}
     original = to_unit_range(image)
@@ -303,6 +306,8 @@ def comparison_figure(pictures: dict[str, Tensor], row: dict, title: str = ""):
     from matplotlib.figure import Figure
     height, width = pictures["original"].shape[1:]
     decode = f"mean of {row['decodes']} decodes" if row["decodes"] > 1 else "one decode"
+    if row.get("temperature", 1.0) != 1.0:
+        decode += f", temperature {row['temperature']:g}"
     captions = {"original": f"original, {width}×{height}",
                 "UL": f"UL: {row['bpp_bound']:.3f} bpp (bound), {row['psnr_db']:.2f} dB\n{decode}, "
                       f"coarse {row['coarse_psnr_db']:.1f} dB"}
@@ -324,12 +329,13 @@ def comparison_figure(pictures: dict[str, Tensor], row: dict, title: str = ""):
     return fig
 
 # %% ../nbs/16_whole_photos.ipynb #86ff1677
-def whole_photo_figures(model: UnifiedLatents, steps: int = 32, decodes: int = 1, seed: int = 0) -> list[dict]:
+def whole_photo_figures(model: UnifiedLatents, steps: int = 32, decodes: int = 1, seed: int = 0,
+                        temperature: float = 1.0) -> list[dict]:
     "The held-out photos (256-pixel scale) through `model` in one pass, beside JPEG and WebP: one row per photo."
     from unified_latents.data import PHOTOS, load_photo
     rows = []
     for name in PHOTOS["heldout"]:
-        row, _ = compare_with_codecs(model, load_photo(name), steps, decodes=decodes, seed=seed)
+        row, _ = compare_with_codecs(model, load_photo(name), steps, decodes=decodes, seed=seed, temperature=temperature)
         rows.append({"photo": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}})
     return rows
 
@@ -346,10 +352,18 @@ def add_whole_photo_figures(run_dir: str | Path, device: str = "auto", steps: in
     if "whole_photos" in summary:
         return summary["whole_photos"]
     model = load_run(run_dir, device)
-    summary["whole_photos"] = whole_photo_figures(model, steps or model.config.decode_steps)
+    steps = steps or model.config.decode_steps
+    rows = whole_photo_figures(model, steps)
+    from unified_latents.data import load_photo
+    for row in rows:  # the same seed: the same z_0 and rate, decoded from zero noise (the codecs' figures stand)
+        mean = reconstruct_photo(model, load_photo(row["photo"]), steps, temperature=0.0)
+        row["temperature_0_psnr_db"] = round(mean.psnr_db, 4)
+        row["temperature_0_coarse_psnr_db"] = round(mean.coarse_psnr_db, 4)
+    summary["whole_photos"] = rows
     summary.setdefault("units", {})["whole_photos"] = (
-        "held-out photos at the 256-pixel scale, whole photo in one pass, one decode (a sample); bpp_bound and "
-        "bits_bound: the prior's L_z bound; jpeg_/webp_psnr_db: the codec at exactly that rate, real files")
+        "held-out photos at the 256-pixel scale, whole photo in one pass; psnr_db: one decode (a sample, "
+        "temperature 1); temperature_0_psnr_db: one decode from zero noise (near the posterior mean, softer); "
+        "bpp_bound and bits_bound: the prior's L_z bound; jpeg_/webp_psnr_db: the codec at exactly that rate, real files")
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".summary.")
     with os.fdopen(handle, "w") as file:
         json.dump(summary, file, indent=1)
@@ -361,7 +375,7 @@ def add_whole_photo_figures(run_dir: str | Path, device: str = "auto", steps: in
 CSV_FIELDS: tuple[str, ...] = (
     "file", "width", "height", "bits_bound", "bpp_bound", "psnr_db", "coarse_psnr_db", "jpeg_psnr_db",
     "jpeg_coarse_psnr_db", "webp_psnr_db", "webp_coarse_psnr_db", "jpeg_shown_quality", "jpeg_shown_bpp",
-    "jpeg_shown_psnr_db", "webp_shown_quality", "webp_shown_bpp", "webp_shown_psnr_db", "decodes", "decode_steps",
+    "jpeg_shown_psnr_db", "webp_shown_quality", "webp_shown_bpp", "webp_shown_psnr_db", "decodes", "temperature", "decode_steps",
     "method", "one_pass", "seconds")
 
 
@@ -392,11 +406,16 @@ def reconstruct_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decodes", type=_positive, default=1,
                         help="average this many decodes of the same latent: 1 is one sharp sample of the decoder; "
                              "more approach the posterior mean (higher PSNR, softer texture)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="scale of the decode's starting noise, in [0, 1]: 1 is a sample; 0 a deterministic "
+                             "decode near the posterior mean (higher PSNR, softer texture)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent noise and the decode")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     source = Path(args.input)
     try:
+        if not 0 <= args.temperature <= 1:
+            raise ValueError(f"--temperature must be in [0, 1] (1: a sample, 0: from the mean); got {args.temperature}.")
         model = load_run(args.run_dir, args.device)
         if source.is_dir():
             files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -431,14 +450,17 @@ def reconstruct_main(argv: list[str] | None = None) -> int:
                   f"{COARSE_BLOCK}×{COARSE_BLOCK} pixels", file=sys.stderr)
             continue
         if model.config.image_channels == 1:  # the codecs' comparison is in colour: report UL alone
-            result = reconstruct_photo(model, image, args.steps, args.method, args.decodes, seed=args.seed)
+            result = reconstruct_photo(model, image, args.steps, args.method, args.decodes, seed=args.seed,
+                                       temperature=args.temperature)
             row = {"width": image.shape[2], "height": image.shape[1], "bits_bound": round(result.bits),
                    "bpp_bound": result.bits_per_pixel, "psnr_db": result.psnr_db,
-                   "coarse_psnr_db": result.coarse_psnr_db, "decodes": args.decodes, "decode_steps": args.steps,
+                   "coarse_psnr_db": result.coarse_psnr_db, "decodes": args.decodes,
+                   "temperature": args.temperature, "decode_steps": args.steps,
                    "method": args.method, "one_pass": result.one_pass, "seconds": round(result.seconds, 2)}
             pictures = {"UL": result.reconstruction}
         else:
-            row, pictures = compare_with_codecs(model, image, args.steps, args.method, args.decodes, args.seed)
+            row, pictures = compare_with_codecs(model, image, args.steps, args.method, args.decodes, args.seed,
+                                                args.temperature)
             fig = comparison_figure(pictures, row, title=path.name)
             fig.savefig(output / f"{stem}_compare.png", dpi=100)
         Image.fromarray(pictures["UL"].expand(3, -1, -1).permute(1, 2, 0).contiguous().numpy()).save(output / f"{stem}.png")
