@@ -15,62 +15,75 @@ from torch import Tensor
 
 from .data import load_photo, to_unit_range
 from .decoder import break_even_logsnr, decoder_weight
-from .model import UnifiedLatents, psnr_db
-from .base import elbo_bits_per_pixel
+from .model import UnifiedLatents
 from .sweep import ASSETS, load_sweep
-from .whole_photos import CODECS, codec_at_rate, from_tiles, to_tiles
-from .train import image_grid
+from .whole_photos import CODECS, codec_at_rate, read_photo, reconstruct_photo, to_uint8
 
 # %% auto #0
-__all__ = ['default_image', 'image_from_bytes', 'measure', 'Explorer', 'weight_figure', 'weight_explorer']
+__all__ = ['DEFAULT_PHOTO', 'PHOTO_SIDES', 'image_from_bytes', 'default_image', 'measure', 'Explorer', 'weight_figure',
+           'weight_explorer']
 
 # %% ../nbs/17_explorer.ipynb #6ef7d4ab
-def default_image(size: int = 96) -> Tensor:
-    "A size×size centre crop of the held-out `coffee` photo (the models never trained on it), (3, S, S) in [−1, 1]."
-    photo = load_photo("coffee")
-    top, left = (photo.shape[1] - size) // 2, (photo.shape[2] - size) // 2
-    return to_unit_range(photo[:, top:top + size, left:left + size])
+DEFAULT_PHOTO = "coffee"  # held out: none of the shipped models trained on it
+PHOTO_SIDES: tuple[int | None, ...] = (64, 128, 256, 512, None)  # the explorer's size choices; None: own size
 
 
-def image_from_bytes(data: bytes, size: int = 96) -> Tensor:
-    "An uploaded image file → a size×size centre crop (shorter side resized to `size`), (3, S, S) in [−1, 1]."
-    from PIL import Image, UnidentifiedImageError
+def _png_bytes(photo: Tensor) -> bytes:
+    "uint8 (3, H, W) → a lossless PNG file's bytes."
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(photo.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_from_bytes(data: bytes, max_side: int | None = 128) -> Tensor:
+    """An image file's bytes (an upload) → the whole image at its own size, or downscaled (Lanczos) to a shorter side
+    of `max_side` pixels (never enlarged): (3, H, W) in [−1, 1]. The models take any size: a side that is not a
+    multiple of their downsampling is padded for the model and cropped back."""
     try:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"the upload is not an image Pillow can read (png, jpeg, webp, …): {error}") from error
-    scale = size / min(image.size)
-    image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-                         Image.Resampling.LANCZOS)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return to_unit_range(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-                         .reshape(size, size, 3).permute(2, 0, 1))
+        return to_unit_range(read_photo(io.BytesIO(data), max_side))
+    except ValueError as error:
+        if isinstance(error.__cause__, OSError):  # Pillow could not read it (UnidentifiedImageError is an OSError)
+            raise ValueError(f"the upload is not an image Pillow can read (png, jpeg, webp, …): "
+                             f"{error.__cause__}") from error
+        raise
+
+
+def default_image(max_side: int | None = 128) -> Tensor:
+    """The whole held-out `coffee` photo (the models never trained on it), at the project's 256-pixel scale (384×256)
+    or downscaled to a shorter side of `max_side`: (3, H, W) in [−1, 1]."""
+    return image_from_bytes(_png_bytes(load_photo(DEFAULT_PHOTO)), max_side)
 
 
 @torch.no_grad()
-def measure(model: UnifiedLatents, image: Tensor, decode_steps: int = 8, seed: int = 0,
-            rate_draws: int = 4) -> dict:
-    "Reconstruct an image tile by tile; its PSNR (dB on [0, 1]), rate bound (bits per image pixel) and picture."
-    tile, device = model.config.image_size, next(model.parameters()).device
-    tiles = to_tiles(image, tile).to(device)
-    generator = torch.Generator(device).manual_seed(seed)
-    reconstruction = from_tiles(model.reconstruct(tiles, decode_steps, generator=generator).cpu(), *image.shape[1:])
-    # The rate needs only the encoder and the prior. Tiles are equal, so the image's bits per pixel (all tiles'
-    # nats over all its pixels) is the mean of the tiles' own bits per pixel.
-    bpp = elbo_bits_per_pixel(model.prior, model.encode(tiles), model.latent_schedule, model.config.parameterization,
-                              tile, generator, rate_draws).mean().item()
-    return {"bpp": bpp, "psnr_db": psnr_db(reconstruction[None], image[None]).item(), "reconstruction": reconstruction}
+def measure(model: UnifiedLatents, image: Tensor, decode_steps: int = 8, seed: int = 0, rate_draws: int = 16,
+            temperature: float = 1.0) -> dict:
+    """Reconstruct a whole image (3, H, W) in [−1, 1] at its own size — one pass where the model allows, tile by tile
+    for models saved before size-agnostic networks — and measure it: the rate bound (bits per image pixel and in
+    all), PSNR and coarse PSNR (dB on [0, 1]), and the picture. `rate_draws` stratified prior times per estimate."""
+    result = reconstruct_photo(model, to_uint8(image), decode_steps, rate_draws=rate_draws, seed=seed,
+                               temperature=temperature)
+    return {"bpp": result.bits_per_pixel, "bits": result.bits, "psnr_db": result.psnr_db,
+            "coarse_psnr_db": result.coarse_psnr_db, "one_pass": result.one_pass, "seconds": result.seconds,
+            "reconstruction": to_unit_range(result.reconstruction)}
 
 # %% ../nbs/17_explorer.ipynb #8e125cc2
-def _png(image: Tensor, scale: int = 3) -> bytes:
-    "(C, H, W) in [−1, 1] → PNG bytes, enlarged `scale`× (nearest neighbour) to be visible."
+def _png(image: Tensor, min_side: int = 128) -> bytes:
+    "(C, H, W) in [−1, 1] → PNG bytes, enlarged (nearest neighbour) by a whole factor until the shorter side is ≥ `min_side`."
     from PIL import Image
-    array = (image_grid([image[None]]) * 255).round().to(torch.uint8)  # (H, W, 3)
+    scale = max(1, math.ceil(min_side / min(image.shape[-2:])))
+    array = to_uint8(image).permute(1, 2, 0)
     array = array.repeat_interleave(scale, 0).repeat_interleave(scale, 1).contiguous().numpy()
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _show(picture, label, image: Tensor, min_side: int = 128) -> None:
+    "Put `image` into an Image widget at a whole enlargement (as `_png`), and size its column's label to match."
+    scale = max(1, math.ceil(min_side / min(image.shape[-2:])))
+    picture.value, picture.width = _png(image, min_side), str(image.shape[-1] * scale)
+    label.layout.width = f"{max(image.shape[-1] * scale, 240)}px"  # every column as wide as its picture
 
 
 def _figure_png(fig) -> bytes:
@@ -80,36 +93,48 @@ def _figure_png(fig) -> bytes:
 
 
 class Explorer:
-    "Sliders over the shipped sweep's models → the reconstruction, its bpp and PSNR, JPEG and WebP at that bpp, and the rate–distortion plane."
+    """Sliders over the shipped sweep's models → a whole photo's reconstruction, its rate bound and PSNR, JPEG and WebP
+    at that rate, and the rate–distortion plane."""
 
     center = {"loss_factor": 30.0, "logsnr_0": 5.0, "bias": 0.0}
+    temperatures = (0.0, 0.25, 0.5, 0.75, 1.0)
 
     def __init__(self, assets: str | Path = ASSETS, image: Tensor | None = None, decode_steps: int = 8,
-                 seed: int = 0):
+                 seed: int = 0, max_side: int | None = 128, temperature: float = 1.0):
         import ipywidgets as w
+        if max_side not in PHOTO_SIDES:
+            raise ValueError(f"max_side must be one of {PHOTO_SIDES} (None: the image's own size); got {max_side!r}.")
+        if temperature not in self.temperatures:
+            raise ValueError(f"temperature must be one of {self.temperatures}; got {temperature!r}.")
         self.table, self.models = load_sweep(assets)
-        self.image = default_image() if image is None else image
+        # the source is an image file's bytes (the default photo, or an upload); the size menu re-reads it
+        self._source = _png_bytes(load_photo(DEFAULT_PHOTO) if image is None else to_uint8(image))
+        self.image = image_from_bytes(self._source, max_side)
         self.seed = seed
         self._syncing = False
         self.last_update_s = float("nan")
+        style, wide = {"description_width": "100px"}, w.Layout(width="430px")
         self.sliders = {key: w.SelectionSlider(options=self._axis(key), value=self.center[key], description=label,
-                                               continuous_update=False, style={"description_width": "90px"},
-                                               layout=w.Layout(width="420px"))
+                                               continuous_update=False, style=style, layout=wide)
                         for key, label in (("loss_factor", "loss factor"), ("logsnr_0", "λ0"), ("bias", "bias b"))}
         self.steps = w.IntSlider(value=decode_steps, min=1, max=32, description="decode steps",
-                                 continuous_update=False, style={"description_width": "90px"},
-                                 layout=w.Layout(width="420px"))
+                                 continuous_update=False, style=style, layout=wide)
+        self.temperature = w.SelectionSlider(options=[(f"{t:g}", t) for t in self.temperatures], value=temperature,
+                                             description="temperature", continuous_update=False, style=style,
+                                             layout=wide)
+        self.size = w.Dropdown(options=[(f"{side}" if side else "own size", side) for side in PHOTO_SIDES],
+                               value=max_side, description="shorter side", style=style)
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="your image")
-        self.original = w.Image(format="png", value=_png(self.image))
+        self.original, self.original_label = w.Image(format="png"), w.HTML()
         self.reconstruction = w.Image(format="png")
         self.reconstruction.add_class("ul-reconstruction")
-        self.ul_label = w.HTML(layout=w.Layout(width="290px"))
+        self.ul_label = w.HTML()
         self.ul_label.add_class("ul-label")
         self.codec_pictures, self.codec_labels, self.codecs = {}, {}, {}
         for codec in CODECS:  # JPEG and WebP at UL's bits per pixel, beside UL's reconstruction
             self.codec_pictures[codec] = w.Image(format="png")
             self.codec_pictures[codec].add_class(f"ul-codec-{codec.lower()}")
-            self.codec_labels[codec] = w.HTML(layout=w.Layout(width="290px"))
+            self.codec_labels[codec] = w.HTML()
             self.codec_labels[codec].add_class("ul-codec-label")
             self.codec_labels[codec].add_class(f"ul-codec-{codec.lower()}-label")
         self.readout = w.HTML()
@@ -117,14 +142,17 @@ class Explorer:
         self.curve = w.Image(format="png")
         for key, slider in self.sliders.items():
             slider.observe(lambda change, key=key: self._moved(key), names="value")
-        self.steps.observe(lambda change: self.update(), names="value")
+        for control in (self.steps, self.temperature):
+            control.observe(lambda change: self.update(), names="value")
+        self.size.observe(self._resized, names="value")
         self.upload.observe(self._uploaded, names="value")
-        column = dict(layout=w.Layout(width="296px"))
-        pictures = w.HBox([w.VBox([w.HTML("<b>original</b>"), self.original], **column),
-                           w.VBox([self.ul_label, self.reconstruction], **column),
-                           *(w.VBox([self.codec_labels[c], self.codec_pictures[c]], **column) for c in CODECS),
-                           self.curve], layout=w.Layout(flex_flow="row wrap", align_items="flex-end"))
-        self.widget = w.VBox([*self.sliders.values(), self.steps, self.upload, self.readout, pictures])
+        pictures = w.HBox([w.VBox([self.original_label, self.original]),
+                           w.VBox([self.ul_label, self.reconstruction]),
+                           *(w.VBox([self.codec_labels[c], self.codec_pictures[c]]) for c in CODECS),
+                           self.curve], layout=w.Layout(flex_flow="row wrap", align_items="flex-end",
+                                                        grid_gap="6px"))
+        self.widget = w.VBox([*self.sliders.values(), self.steps, self.temperature,
+                              w.HBox([self.size, self.upload]), self.readout, pictures])
         self.update()
 
     def _axis(self, key: str) -> list[tuple[str, float]]:
@@ -146,17 +174,24 @@ class Explorer:
             self._syncing = False
         self.update()
 
-    def _uploaded(self, change) -> None:
-        files = change["new"]
-        if not files:
-            return
+    def _show_image(self, source: bytes) -> bool:
+        "Read `source` at the chosen size; on an unreadable file say so in the readout and keep the current image."
         try:
-            self.image = image_from_bytes(bytes(files[0]["content"]))
+            image = image_from_bytes(source, self.size.value)
         except ValueError as error:
             self.readout.value = f"<span style='color:#b00'>{error}</span>"
-            return
-        self.original.value = _png(self.image)
+            return False
+        self._source, self.image = source, image
         self.update()
+        return True
+
+    def _uploaded(self, change) -> None:
+        files = change["new"]
+        if files:
+            self._show_image(bytes(files[0]["content"]))
+
+    def _resized(self, change) -> None:
+        self._show_image(self._source)
 
     @property
     def settings(self) -> dict[str, float]:
@@ -175,24 +210,33 @@ class Explorer:
         "Reconstruct and measure the current image with the current model; refresh every display."
         start = time.perf_counter()
         row = self.table[self.table.run == self.run].iloc[0]
-        result = measure(self.models[self.run], self.image, self.steps.value, self.seed)
+        result = measure(self.models[self.run], self.image, self.steps.value, self.seed,
+                         temperature=self.temperature.value)
         # the codecs at UL's rate (a Monte Carlo bound: never ≤ 0 in practice, but the search needs a positive target)
         self.codecs = result["codecs"] = {codec: codec_at_rate(self.image, codec, max(result["bpp"], 1e-6))
                                           for codec in CODECS}
-        self.reconstruction.value = _png(result["reconstruction"])
+        height, width = self.image.shape[-2:]
+        self.original_label.value = f"<b>original</b><br>{width}×{height} pixels"
+        _show(self.original, self.original_label, self.image)
+        _show(self.reconstruction, self.ul_label, result["reconstruction"])
         self.ul_label.value = (f"<b>UL reconstruction</b><br>{result['bpp']:.3f} bpp <i>rate bound</i> · "
-                               f"{result['psnr_db']:.2f} dB")
+                               f"{result['psnr_db']:.2f} dB<br><small>coarse {result['coarse_psnr_db']:.1f} dB · "
+                               f"{result['bits'] / 8 / 1024:.1f} KiB bound</small>")
         for codec, coded in self.codecs.items():
-            self.codec_pictures[codec].value = _png(coded["image"])
+            _show(self.codec_pictures[codec], self.codec_labels[codec], coded["image"])
             self.codec_labels[codec].value = (
                 f"<b>{coded['codec']}</b> at UL's {coded['target_bpp']:.3f} bpp: quality {coded['quality']}<br>"
                 f"{coded['bpp']:.3f} bpp <i>file</i> · "
                 f"{coded['psnr_db']:.2f} dB" + ("" if coded["reachable"] else
-                                                f"<br><span style='color:#b00'>{coded['note']}</span>"))
+                                                f"<br><span style='color:#b00'>{coded['note']}</span>")
+                + f"<br><small>{len(coded['file']) / 1024:.1f} KiB file</small>")
+        decode = (f"{self.steps.value}-step decode, temperature {self.temperature.value:g}, "
+                  + ("whole image in one pass" if result["one_pass"] else "tile by tile (a model saved before "
+                                                                          "size-agnostic networks)"))
         self.readout.value = (
             f"<b>{result['bpp']:.3f} bpp</b> · <b>{result['psnr_db']:.2f} dB</b> PSNR"
-            f"<br><small>this image · model c_lf {row.loss_factor:g}, λ0 {row.logsnr_0:g}, b {row.bias:g} · "
-            f"{self.steps.value}-step decode · on held-out patches this model gives {row.bpp:.3f} bpp, "
+            f"<br><small>this image ({width}×{height}) · model c_lf {row.loss_factor:g}, λ0 {row.logsnr_0:g}, "
+            f"b {row.bias:g} · {decode} · on held-out patches this model gives {row.bpp:.3f} bpp, "
             f"{row.psnr_db:.2f} dB (mean per-patch PSNR, {row.decode_steps:g}-step decode) · "
             f"bpp is the prior's rate bound, not a file size</small>")
         self.curve.value = _figure_png(self._curve(result))
@@ -203,9 +247,9 @@ class Explorer:
         from matplotlib.figure import Figure
         fig = Figure(figsize=(4.2, 3.2))
         ax = fig.subplots()
-        ax.scatter(self.table.bpp, self.table.psnr_db, c="#999", s=25, label="sweep (held-out means)")
+        ax.scatter(self.table.bpp, self.table.psnr_db, c="#999", s=25, label="sweep (held-out patches)")
         current = self.table[self.table.run == self.run].iloc[0]
-        ax.scatter([current.bpp], [current.psnr_db], c="C0", s=70, label="this model (held-out)")
+        ax.scatter([current.bpp], [current.psnr_db], c="C0", s=70, label="this model (held-out patches)")
         ax.scatter([result["bpp"]], [result["psnr_db"]], c="C3", marker="*", s=160, label="this image (UL)")
         for (codec, coded), marker, color in zip(result["codecs"].items(), "sD", ("C2", "C1")):
             ax.scatter([coded["bpp"]], [coded["psnr_db"]], marker=marker, s=60, edgecolors=color, linewidths=1.5,
@@ -233,7 +277,7 @@ def weight_figure(loss_factor: float, bias: float, ax=None):
     if loss_factor > 1:
         star = break_even_logsnr(loss_factor, bias)
         ax.axvline(star, color="C3", lw=1)
-        ax.annotate(f"λ* = {star:.2f}", (star, 1), xytext=(5, 10), textcoords="offset points", color="C3")
+        ax.annotate(f"λ* = {star:.2f}", (star, 1), xytext=(5, -14), textcoords="offset points", color="C3")
         ax.axvspan(-15, min(star, 15), color="C0", alpha=0.06, label="λ < λ*: into the latent")
     ax.set(xlabel="log-SNR λ (noisy ← → clean)", ylabel="weight on ‖ε − ε̂‖²", yscale="log",
            title="decoder weight", xlim=(-15, 15))

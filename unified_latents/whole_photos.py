@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -33,15 +34,17 @@ __all__ = ['COARSE_BLOCK', 'CODECS', 'CSV_FIELDS', 'read_photo', 'pad_to_multipl
            'whole_photo_figures', 'add_whole_photo_figures', 'reconstruct_main']
 
 # %% ../nbs/16_whole_photos.ipynb #8da69a11
-def read_photo(path: str | Path, max_side: int | None = None) -> Tensor:
-    "An image file as RGB uint8 (3, H, W) at its own size, or downscaled (Lanczos) to a shorter side of `max_side`."
+def read_photo(path: str | Path | BinaryIO, max_side: int | None = None) -> Tensor:
+    """An image file (a path, or an open binary file such as an upload's `io.BytesIO`) as RGB uint8 (3, H, W) at its
+    own size, or downscaled (Lanczos) to a shorter side of `max_side` (never enlarged)."""
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
         raise ValueError(f"max_side must be a positive integer (pixels of the shorter side) or None; got {max_side!r}.")
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image).convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path} is not an image Pillow can read (png, jpeg, webp, …): {error}") from error
+        name = path if isinstance(path, (str, Path)) else "the file"
+        raise ValueError(f"{name} is not an image Pillow can read (png, jpeg, webp, …): {error}") from error
     return _downscale(image, max_side)
 
 
@@ -162,7 +165,7 @@ def codec_at_rate(image: Tensor, codec: str, target_bpp: float) -> dict:
     data = files[low]
     decoded = _decode(data)
     name, actual = CODECS[key], bpp(low)
-    note = "" if reachable else (f"{name} cannot go as low as {target_bpp:.3f} bpp on a {height}×{width} image: "
+    note = "" if reachable else (f"{name} cannot go as low as {target_bpp:.3f} bpp on a {width}×{height} image: "
                                  f"its smallest file (quality 1) is {actual:.3f} bpp.")
     return {"codec": name, "image": decoded, "bpp": actual, "quality": low,
             "psnr_db": psnr_db(decoded[None], image[None]).item(), "file": data, "target_bpp": float(target_bpp),
