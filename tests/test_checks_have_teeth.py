@@ -1,5 +1,9 @@
 """The notebooks' proofs-by-test, re-run with deliberate mistakes: each mistake must make them fail.
 
+The Monte Carlo checks draw their times i.i.d. (not the training default, low-discrepancy times): only then is
+std/√N the standard error of the mean. With stratified times the mean is about twice as precise as std/√N says,
+and "within 4 standard errors" would accept errors of 8 true σ.
+
 A test that cannot fail proves nothing. Here the Gaussian mutual-information test (pillar 2), the
 decoder-weighting test (pillar 3), the ε/x/v agreement test and the dλ/dt test are run once as
 written (they must pass) and once with a sign or a factor of ½ wrong (they must fail).
@@ -22,8 +26,9 @@ def gaussian_prior_check(schedule, seed=0):
     """Monte Carlo L_z with the exact optimal denoiser vs the closed form: (passes, mean, exact, stderr)."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(N, D, generator=g, dtype=torch.float64) * math.sqrt(S2)
+    t = torch.rand(N, generator=g, dtype=torch.float64)  # i.i.d.: std/√N is then the standard error
     bound = prior_elbo(lambda z_t, lam: gaussian_optimal_eps(z_t, lam, S2), z, schedule, parameterization="eps",
-                       generator=g).total
+                       t=t, generator=g).total
     mean, stderr = bound.mean().item(), (bound.std() / math.sqrt(N)).item()
     exact = gaussian_prior_elbo_expected(D, S2, schedule.logsnr_max, schedule.logsnr_min)
     return abs(mean - exact) < 4 * stderr, mean, exact, stderr
@@ -78,12 +83,14 @@ def decoder_gaussian_check(loss_factor, bias, seed=0):
     g = torch.Generator().manual_seed(seed)
     schedule = pixel_schedule(64, base_resolution=32)
     x = torch.randn(N, D, generator=g, dtype=torch.float64) * math.sqrt(S2)
+    t = torch.rand(N, generator=g, dtype=torch.float64)  # i.i.d.: std/√N is then the standard error
     loss = decoder_elbo(lambda x_t, lam: gaussian_optimal_eps(x_t, lam, S2), x, schedule, loss_factor=loss_factor,
-                        bias=bias, parameterization="eps", generator=g).loss
+                        bias=bias, parameterization="eps", t=t, generator=g).loss
     grid = torch.linspace(schedule.logsnr_min, schedule.logsnr_max, 20_001, dtype=torch.float64)
     per_lambda = 0.5 * D * S2 * grid.exp() / (1 + S2 * grid.exp())
-    expected = torch.trapezoid(decoder_module.decoder_weight(grid, loss_factor, bias) * per_lambda, grid).item()
-    # `expected` uses the reference weighting, saved before any monkeypatch below
+    # the weight written out (not decoder_weight, which a mistake below may replace)
+    weight = loss_factor * torch.sigmoid(bias - grid) if bias < math.inf else torch.full_like(grid, loss_factor)
+    expected = torch.trapezoid(weight * per_lambda, grid).item()
     mean, stderr = loss.mean().item(), (loss.std() / math.sqrt(N)).item()
     return abs(mean - expected) < 4 * stderr
 
@@ -103,6 +110,25 @@ def test_decoder_check_passes_and_catches_flipped_sigmoid(monkeypatch):
     grid = torch.linspace(-15, 15, 20_001, dtype=torch.float64)
     expected = torch.trapezoid(correct(grid, 1.5, 0.0) * 0.5 * D * grid.exp() / (1 + grid.exp()), grid).item()
     assert abs(loss.mean().item() - expected) > 4 * (loss.std() / math.sqrt(N)).item()
+
+
+def test_decoder_check_sees_the_bias(monkeypatch):
+    """b = 0 and b = ∞ alone cannot see the bias: a loss that used −b or b/2 passed them. At b = 3 (and on the
+    linear schedule for b = ∞, where the weight integrates in closed form) the check must tell."""
+    assert decoder_gaussian_check(1.7, 3.0)
+    assert decoder_gaussian_check(30.0, -2.0)
+    linear = LinearLogSNR(-15.0, 15.0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(N, D, generator=g, dtype=torch.float64)
+    loss = decoder_elbo(lambda x_t, lam: gaussian_optimal_eps(x_t, lam, 1.0), x, linear, loss_factor=1.0,
+                        bias=math.inf, parameterization="eps", t=torch.rand(N, generator=g, dtype=torch.float64)).loss
+    closed_form = 0.5 * D * (math.log1p(math.exp(15.0)) - math.log1p(math.exp(-15.0)))  # −log p(x|z) bound: D/2·Δlog(1+SNR)
+    assert abs(loss.mean().item() - closed_form) < 4 * (loss.std() / math.sqrt(N)).item()
+    original = decoder_module.decoder_weight
+    for wrong in (lambda lam, c, b: original(lam, c, -b), lambda lam, c, b: original(lam, c, b / 2)):
+        monkeypatch.setattr(decoder_module, "decoder_weight", wrong)
+        assert not decoder_gaussian_check(1.7, 3.0)
+        assert not decoder_gaussian_check(30.0, -2.0)
 
 
 def test_eps_x_v_agreement_catches_the_papers_text_weight():
