@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from unified_latents.cli import load_run
+from unified_latents.train import load_run
 from unified_latents.data import PHOTOS, load_photo, to_unit_range
 from unified_latents.model import UnifiedLatents, psnr_db
 from unified_latents.noise import diffuse, to_x

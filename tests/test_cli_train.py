@@ -314,7 +314,7 @@ def test_atomic_writes_of_one_file_from_two_writers_do_not_collide(tmp_path):
     def writer(text):
         try:
             for _ in range(20):
-                train_module._atomic_write(target, lambda tmp: write(tmp, text))
+                train_module.atomic_write(target, lambda tmp: write(tmp, text))
         except Exception as error:
             errors.append(error)
     threads = [threading.Thread(target=writer, args=(text,)) for text in "ab"]

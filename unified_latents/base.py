@@ -28,10 +28,9 @@ from .sampling import sample
 from .model import UnifiedLatents
 from .data import load_images
 from unified_latents.train import (
-    RunConfig, TrainConfig, TrainingJob, _atomic_write, _dataset_tensor, _torch_save, check_fields, config_from_preset,
-    close_distributed, fit, image_grid, init_distributed, validate_run_config,
+    RunConfig, TrainConfig, TrainingJob, atomic_write, dataset_tensor, torch_save, check_fields, config_from_preset,
+    close_distributed, fit, image_grid, init_distributed, load_run, validate_run_config,
 )
-from .cli import load_run
 from unified_latents.metrics import (
     InceptionFeatures, extract_features, frechet_distance_of, train_patch_feature_net,
 )
@@ -143,17 +142,17 @@ def build_latent_cache(stage1_run: str | Path, cache_dir: str | Path | None = No
             if entry and all(entry.get(k) == v for k, v in expected.items()) and _shard_intact(cache_dir, path.name,
                                                                                                 entry):
                 continue  # done by an earlier, interrupted run: same images, same bytes
-            images = _dataset_tensor(torch.utils.data.Subset(dataset, range(start, min(start + shard_size, count))))
+            images = dataset_tensor(torch.utils.data.Subset(dataset, range(start, min(start + shard_size, count))))
             latents = torch.cat([model.encode(images[i:i + batch_size].to(model_device)).float().cpu()
                                  for i in range(0, len(images), batch_size)])
-            _atomic_write(path, lambda tmp: _torch_save({"z_clean": latents.contiguous(), "start": start}, tmp))
+            atomic_write(path, lambda tmp: torch_save({"z_clean": latents.contiguous(), "start": start}, tmp))
             manifest["shards"][path.name] = {"split": split, "start": start, "count": len(latents),
                                              "sha256": _file_sha256(path)}
-            _atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+            atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
         manifest["splits"][split] = {"count": count, "shards": names}
     manifest["latent_shape"] = [model.config.latent_channels, model.config.latent_size, model.config.latent_size]
     manifest["complete"] = True
-    _atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     return cache_dir
 
 
@@ -493,7 +492,7 @@ def check_stage_one_encoder(run_dir: str | Path, checksum: str, record: bool = F
         if config_path.exists() and "stage1_run" not in json.loads(config_path.read_text()):
             return  # not a stage-2 run folder: fit refuses it, with its own message
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"encoder_sha256": checksum}) + "\n"))
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"encoder_sha256": checksum}) + "\n"))
 
 
 def train_base(config: BaseConfig, progress: bool = True) -> dict:
@@ -574,7 +573,7 @@ def _final_generation(config: BaseConfig, ema: LatentDiffusion, stage1: UnifiedL
         train_set = _stage_one_datasets(c)["train"]
         count = min(config.sample_count, len(train_set))
         picks = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))[:count]
-        real = torch.cat([extract_features(networks["inception"], _dataset_tensor(
+        real = torch.cat([extract_features(networks["inception"], dataset_tensor(
             torch.utils.data.Subset(train_set, picks[i:i + batch_size].tolist()))) for i in range(0, count, batch_size)])
         summary["fid_inception"] = frechet_distance_of(real, torch.cat(features["base", "inception"]))
         summary["units"]["fid_inception"] = (f"FID with torchvision's Inception-v3 ({config.inception_weights}), "

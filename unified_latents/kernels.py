@@ -10,7 +10,7 @@ import os
 import torch
 from torch import Tensor
 
-from .loss import _check_loss_inputs
+from .loss import check_loss_inputs
 from .noise import Parameterization, check_parameterization
 
 try:  # Triton ships with the CUDA builds of PyTorch on Linux; without it the reference is used
@@ -193,7 +193,7 @@ def fused_noise_weighted_loss(prediction: Tensor, x: Tensor, eps: Tensor, logsnr
                               parameterization: Parameterization = "eps") -> Tensor:
     "The fused Triton kernel behind `noise_weighted_loss`: per-sample `weight · Σ (ε − ε̂)²`, (B,), float32."
     check_parameterization(parameterization)
-    _check_loss_inputs(prediction, x, eps, logsnr, weight)
+    check_loss_inputs(prediction, x, eps, logsnr, weight)
     if triton is None:
         raise RuntimeError("the fused loss needs Triton, which is not installed; use the reference "
                            "(UL_LOSS_BACKEND=reference) or install a PyTorch build that ships Triton.")

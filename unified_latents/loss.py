@@ -16,10 +16,12 @@ from unified_latents.noise import (
 )
 
 # %% auto #0
-__all__ = ['LOSS_BACKENDS', 'noise_weighted_loss_reference', 'loss_backend', 'noise_weighted_loss', 'eps_error_coefficients']
+__all__ = ['LOSS_BACKENDS', 'check_loss_inputs', 'noise_weighted_loss_reference', 'loss_backend', 'noise_weighted_loss',
+           'eps_error_coefficients']
 
 # %% ../nbs/01_loss.ipynb #9f94f547
-def _check_loss_inputs(prediction: Tensor, x: Tensor, eps: Tensor, logsnr: Tensor, weight: Tensor | float) -> None:
+def check_loss_inputs(prediction: Tensor, x: Tensor, eps: Tensor, logsnr: Tensor, weight: Tensor | float) -> None:
+    "Refuse inputs the loss cannot take (not tensors, mismatched shapes, a batch of λ or weights of another length), naming which; the fused kernel shares it."
     for name, tensor in (("prediction", prediction), ("x", x), ("eps", eps), ("logsnr", logsnr)):
         if not isinstance(tensor, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}.")
@@ -45,7 +47,7 @@ def noise_weighted_loss_reference(prediction: Tensor, x: Tensor, eps: Tensor, lo
                                   weight: Tensor | float, parameterization: Parameterization = "eps") -> Tensor:
     "Per-sample `weight · Σ (ε − ε̂)²` (B,), at least float32: the plain PyTorch specification of the loss primitive."
     check_parameterization(parameterization)
-    _check_loss_inputs(prediction, x, eps, logsnr, weight)
+    check_loss_inputs(prediction, x, eps, logsnr, weight)
     # Accumulate in float32 at least: a bf16 sum over a 3·512² image would keep 2-3 digits.
     dtype = torch.promote_types(torch.promote_types(prediction.dtype, x.dtype), torch.float32)
     prediction, x, eps, logsnr = prediction.to(dtype), x.to(dtype), eps.to(dtype), logsnr.to(dtype)

@@ -39,11 +39,11 @@ from unified_latents.model import (
 
 # %% auto #0
 __all__ = ['PRESETS', 'STOP_SIGNALS', 'RunConfig', 'TrainConfig', 'config_from_preset', 'config_from_fields', 'make_config',
-           'check_fields', 'validate_run_config', 'validate_config', 'lr_factor', 'update_ema', 'save_checkpoint',
-           'load_checkpoint', 'run_lock', 'TrainingStopped', 'StopRequests', 'read_metrics', 'evaluate',
-           'resolve_device', 'DistributedContext', 'init_distributed', 'close_distributed', 'micro_batch_size',
-           'unwrap', 'TrainingJob', 'shard_model', 'full_state', 'load_full_state', 'fit', 'train', 'image_grid',
-           'save_figures']
+           'check_fields', 'validate_run_config', 'validate_config', 'lr_factor', 'update_ema', 'atomic_write',
+           'torch_save', 'save_checkpoint', 'load_checkpoint', 'run_lock', 'TrainingStopped', 'StopRequests',
+           'read_metrics', 'evaluate', 'resolve_device', 'DistributedContext', 'init_distributed', 'close_distributed',
+           'micro_batch_size', 'unwrap', 'dataset_tensor', 'TrainingJob', 'shard_model', 'full_state',
+           'load_full_state', 'fit', 'train', 'image_grid', 'save_figures', 'load_run']
 
 # %% ../nbs/10_train.ipynb #7996f479
 @dataclass
@@ -231,7 +231,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     "Write `path` by calling `write(tmp)` on a temporary file in the same folder, then renaming it into place."
     path = Path(path)
     # A unique temporary name per write: two writers of one file never rename each other's half-written file.
@@ -249,7 +249,7 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _torch_save(obj, path: Path) -> None:
+def torch_save(obj, path: Path) -> None:
     "torch.save through a file object: the archive's record name is then fixed, not the temporary file's random one."
     with open(path, "wb") as file:  # so the same state gives the same bytes (the latent cache checks shard bytes)
         torch.save(obj, file)
@@ -270,8 +270,8 @@ def save_checkpoint(run_dir: Path, state: dict, step: int, keep: int) -> Path:
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:07d}.pt"
-    _atomic_write(path, lambda tmp: _torch_save(state, tmp))
-    _atomic_write(folder / "latest", lambda tmp: tmp.write_text(path.name))
+    atomic_write(path, lambda tmp: torch_save(state, tmp))
+    atomic_write(folder / "latest", lambda tmp: tmp.write_text(path.name))
     # Prune by step number, among older checkpoints only: step_10000000 sorts before step_9999999 by name, and a
     # later step's file (which `fit` sets aside on resume) must never push out the checkpoint just written.
     older = [old for old_step, old in _checkpoint_files(folder) if old_step < step]
@@ -440,7 +440,7 @@ def _cut_metrics(path: Path, step: int, final: bool) -> None:
         return
     kept = [r for r in read_metrics(path)
             if r["step"] < step or (r["step"] == step and not (final and "lr" not in r))]  # "lr": a training record
-    _atomic_write(Path(path), lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+    atomic_write(Path(path), lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
 
 # %% ../nbs/10_train.ipynb #3f0bacda
 @torch.no_grad()
@@ -550,7 +550,7 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 # %% ../nbs/10_train.ipynb #18889597
-def _dataset_tensor(dataset, limit: int | None = None) -> Tensor:
+def dataset_tensor(dataset, limit: int | None = None) -> Tensor:
     "The first `limit` (default: all) images of a dataset as one (N, C, H, W) float tensor."
     count = len(dataset) if limit is None else min(limit, len(dataset))
     images = getattr(dataset, "images", None)
@@ -664,7 +664,7 @@ def _fit(job: TrainingJob, context: DistributedContext, progress: bool) -> dict:
                                  f"use another --out_dir, or the same settings to resume it.")
             if changed:  # e.g. it ran out of memory before its first checkpoint and is retried with a smaller batch
                 warnings.warn(f"{run_dir} holds no checkpoint, so its config.json is replaced: {changed} (old, new).")
-        _atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(resolved, indent=2)))
+        atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(resolved, indent=2)))
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = job.build().to(device)
@@ -832,7 +832,7 @@ def _fit(job: TrainingJob, context: DistributedContext, progress: bool) -> dict:
                     "train_wall_s": train_wall, "eval_wall_s": time.time() - eval_start, "weights": "EMA",
                     "device": str(device), "world_size": context.world_size,
                     "parallel": config.parallel if context.world_size > 1 else "none"})
-    _atomic_write(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    atomic_write(run_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return summary
 
 
@@ -868,9 +868,9 @@ def _stage_one_job(config: TrainConfig, context: DistributedContext) -> Training
     channels = train_set[0].shape[0]
     if channels != config.image_channels:  # e.g. MNIST: one channel
         config = dataclasses.replace(config, image_channels=channels)
-    heldout = _dataset_tensor(heldout_set, config.eval_count) if context.is_main else None
+    heldout = dataset_tensor(heldout_set, config.eval_count) if context.is_main else None
     in_memory = isinstance(getattr(train_set, "images", None), Tensor)  # photos, CIFAR-10, MNIST
-    train_images = _dataset_tensor(train_set) if in_memory else None  # an image folder is read lazily
+    train_images = dataset_tensor(train_set) if in_memory else None  # an image folder is read lazily
 
     if config.permute_colours and channels != 3:
         raise ValueError(f"permute_colours needs RGB images; {config.dataset} has {channels} channel(s): set "
@@ -946,3 +946,27 @@ def save_figures(run_dir: Path, originals: Tensor, reconstructions: Tensor, coun
         "\n(before the end: a quarter of the patches)" if partial else ""))
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png", dpi=90)
+
+# %% ../nbs/10_train.ipynb #b99b3f71
+def load_run(run_dir: str | Path, device: str = "auto") -> UnifiedLatents:
+    "The EMA model of a finished or running run folder, on `device`, in eval mode."
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ValueError(f"{run_dir} is not a run folder: it has no config.json (train one with ul_train).")
+    fields = json.loads((run_dir / "config.json").read_text())
+    if "stage1_run" in fields:
+        raise ValueError(f"{run_dir} is a stage-2 run (a base model); this needs a stage-1 run, such as the one it "
+                         f"was trained on: {fields['stage1_run']}.")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"{run_dir}/config.json has fields this version does not know ({', '.join(unknown)}): it was "
+                         f"written by another version of unified_latents or by another program.")
+    config = config_from_fields(TrainConfig, fields)
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ValueError(f"{run_dir} has no readable checkpoint yet.")
+    model = UnifiedLatents(config)
+    model.load_state_dict(checkpoint["ema"])
+    return model.to(resolve_device(device)).eval()
+
+

@@ -26,6 +26,7 @@ from .data import DatasetNotFoundError, IMAGE_EXTENSIONS, to_unit_range
 from .model import UnifiedLatents, psnr_db
 from .noise import sample_time
 from .prior import prior_elbo
+from .train import load_run
 
 # %% auto #0
 __all__ = ['COARSE_BLOCK', 'CODECS', 'CSV_FIELDS', 'read_photo', 'pad_to_multiple', 'to_uint8', 'coarse_psnr_db',
@@ -349,7 +350,6 @@ def add_whole_photo_figures(run_dir: str | Path, device: str = "auto", steps: in
     import json
     import os
     import tempfile
-    from unified_latents.cli import load_run
     path = Path(run_dir) / "summary.json"
     summary = json.loads(path.read_text())
     if "whole_photos" in summary:
@@ -391,7 +391,7 @@ def _positive(text: str) -> int:
 
 def reconstruct_main(argv: list[str] | None = None) -> int:
     "Entry point of `ul_reconstruct`: photos at their own size through a run, beside JPEG and WebP at the same rate."
-    from unified_latents.cli import CommandParser, load_run  # the command-line parser and the run-folder loader
+    from unified_latents.cli import CommandParser  # the command-line parser
     parser = CommandParser(
         prog="ul_reconstruct", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Reconstruct photos with a trained stage-1 run (EMA weights, a diffusion decode from noise) at "
