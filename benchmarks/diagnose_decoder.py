@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from unified_latents.train import load_run
+from unified_latents.run_folder import load_run
 from unified_latents.data import PHOTOS, load_photo, to_unit_range
 from unified_latents.model import UnifiedLatents, psnr_db
 from unified_latents.noise import diffuse, to_x
-from unified_latents.train import load_checkpoint
+from unified_latents.run_folder import load_checkpoint
 from unified_latents.whole_photos import codec_at_rate, coarse_psnr_db, frequency_band_errors, photo_rate_nats
 
 RESULTS = Path(__file__).parent / "results"

@@ -48,8 +48,8 @@ for step in $steps; do
       cat "$out/stage_one_throughput.csv" 2>/dev/null;;
     demo)  # the run folders stay outside OUT_DIR: their checkpoints are hundreds of MB
       runs=$(mktemp -d)
-      timeout 300 python3 -c 'import sys; from unified_latents.generate import demo_main; sys.exit(demo_main())' \
-          --out_dir "$runs" --device cuda --no-progress > "$out/demo.log" 2>&1
+      timeout 300 python3 -c 'import sys; from unified_latents.cli import demo_main; sys.exit(demo_main())' \
+          --out_dir "$runs" --device cuda --no_progress > "$out/demo.log" 2>&1
       echo "demo: exit $? at $(elapsed) s"
       (cd "$runs" && find . -maxdepth 2 -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.png' \) \
           -exec install -D {} "$out/demo/{}" \;)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from unified_latents.train import load_run
+from unified_latents.run_folder import load_run
 from unified_latents.data import PHOTOS, load_photo, to_unit_range
 from unified_latents.sweep import load_sweep
 from unified_latents.whole_photos import (CODECS, at_rate, codec_curve, comparison_figure, compare_with_codecs)

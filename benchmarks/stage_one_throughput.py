@@ -47,7 +47,7 @@ def main() -> int:
         print("stage_one_throughput.py needs a CUDA GPU; nothing measured.", file=sys.stderr)
         return 2
     from unified_latents.model import UnifiedLatents, model_summary
-    from unified_latents.train import make_config
+    from unified_latents.config import make_config
 
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)

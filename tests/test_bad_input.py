@@ -10,7 +10,8 @@ from unified_latents.loss import noise_weighted_loss
 from unified_latents.noise import (CosineSchedule, LinearLogSNR, check_finite, diffuse, sample_time, shifted_cosine,
                                    to_eps)
 from unified_latents.prior import check_prior_aligned, latent_schedule, prior_elbo, terminal_kl
-from unified_latents.train import make_config, resolve_device
+from unified_latents.config import make_config
+from unified_latents.distributed import resolve_device
 
 B = 4
 x = torch.randn(B, 3, 8, 8)

@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 import unified_latents.train as train_module
-from unified_latents.train import load_checkpoint, make_config, train
+from unified_latents.run_folder import load_checkpoint
+from unified_latents.config import make_config
+from unified_latents.train import train
 
 SMOKE = ["--preset", "smoke", "--no-progress"]
 
@@ -39,7 +41,7 @@ def wait_for_metrics(process, run_dir, timeout=120):
         time.sleep(0.02)
 
 
-ENTRY = {"ul_train": "cli import train_main", "ul_reconstruct": "whole_photos import reconstruct_main"}
+ENTRY = {"ul_train": "cli import train_main", "ul_reconstruct": "cli import reconstruct_main"}
 
 
 def shutil_which(name):

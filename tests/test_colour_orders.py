@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from unified_latents.data import colour_orders, load_images, permute_colours
-from unified_latents.train import _stage_one_job, init_distributed, make_config
+from unified_latents.train import _stage_one_job
+from unified_latents.distributed import init_distributed
+from unified_latents.config import make_config
 
 
 def _batches(tmp_path, **overrides):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from unified_latents.train import load_checkpoint, read_metrics
+from unified_latents.run_folder import load_checkpoint, read_metrics
 
 SMOKE = ["--preset", "smoke", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun sets this for its workers; the single process matches

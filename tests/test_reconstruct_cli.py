@@ -12,7 +12,7 @@ SMOKE = ["--preset", "smoke", "--steps", "2", "--checkpoint_every", "2", "--no-p
 
 
 def run_cli(entry, *args):
-    module = "whole_photos" if entry == "reconstruct_main" else "cli"
+    module = "cli"  # every command lives there
     return subprocess.run([sys.executable, "-c", ENV_CODE.format(entry, module), *map(str, args)], capture_output=True,
                           text=True, timeout=600)
 

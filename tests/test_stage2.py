@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unified_latents.train import load_checkpoint
+from unified_latents.run_folder import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -24,7 +24,7 @@ def run(*args, timeout=600):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    result = run(sys.executable, "-c", "import sys; from unified_latents.generate import demo_main; "
+    result = run(sys.executable, "-c", "import sys; from unified_latents.cli import demo_main; "
                  "sys.exit(demo_main())", "--smoke", "--out_dir", root, "--no-progress", "--device", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr
     return root, result.stdout
@@ -50,7 +50,7 @@ def test_smoke_pipeline_writes_samples_and_both_rates(pipeline):
 
 def test_ul_sample_is_reproducible(pipeline, tmp_path):
     root, _ = pipeline
-    code = "import sys; from unified_latents.generate import sample_main; sys.exit(sample_main())"
+    code = "import sys; from unified_latents.cli import sample_main; sys.exit(sample_main())"
     outputs = []
     for seed, name in ((5, "a"), (5, "b"), (6, "c")):
         result = run(sys.executable, "-c", code, root / "smoke-stage2", tmp_path / name, "--count", 3, "--seed", seed,
@@ -64,11 +64,11 @@ def test_stage_two_under_torchrun_matches_one_process(pipeline, tmp_path):
     root, _ = pipeline
     common = ["--preset", "smoke", "--stage1_run", root / "smoke", "--steps", 5, "--batch_size", 4, "--no-progress",
               "--sample_count", 4, "--device", "cpu"]
-    code = "import sys; from unified_latents.generate import base_main; sys.exit(base_main())"
+    code = "import sys; from unified_latents.cli import base_main; sys.exit(base_main())"
     one = run(sys.executable, "-c", code, *common, "--out_dir", tmp_path / "one")
     assert one.returncode == 0, one.stderr
     script = tmp_path / "ul_base.py"
-    script.write_text("import sys\nfrom unified_latents.generate import base_main\nsys.exit(base_main())\n")
+    script.write_text("import sys\nfrom unified_latents.cli import base_main\nsys.exit(base_main())\n")
     two = run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *common,
               "--out_dir", tmp_path / "two")
     assert two.returncode == 0, two.stdout + two.stderr
@@ -83,7 +83,7 @@ def test_sigterm_stops_ul_base_with_a_checkpoint_that_resumes(pipeline, tmp_path
     root, _ = pipeline
     common = ["--preset", "smoke", "--stage1_run", root / "smoke", "--steps", 400, "--checkpoint_every", 1000,
               "--log_every", 5, "--no-progress", "--sample_count", 4, "--device", "cpu"]
-    code = "import sys; from unified_latents.generate import base_main; sys.exit(base_main())"
+    code = "import sys; from unified_latents.cli import base_main; sys.exit(base_main())"
     out_dir = tmp_path / "stopped"
     process = subprocess.Popen([sys.executable, "-c", code, *[str(a) for a in common], "--out_dir", str(out_dir)],
                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -106,7 +106,7 @@ def test_sigterm_stops_ul_base_with_a_checkpoint_that_resumes(pipeline, tmp_path
 
 def test_ul_base_refuses_an_unfinished_stage_one_run(tmp_path):
     (tmp_path / "half").mkdir()
-    code = "import sys; from unified_latents.generate import base_main; sys.exit(base_main())"
+    code = "import sys; from unified_latents.cli import base_main; sys.exit(base_main())"
     result = run(sys.executable, "-c", code, "--preset", "smoke", "--stage1_run", tmp_path / "half", "--out_dir",
                  tmp_path / "out")
     assert result.returncode == 2
@@ -117,8 +117,8 @@ def test_ul_base_refuses_an_unfinished_stage_one_run(tmp_path):
 def test_stage_two_refuses_a_stage_one_encoder_that_changed(pipeline, tmp_path):
     "Stage 1 trained further after stage 2: resuming or loading the base model must stop, even without the cache."
     import shutil
-    from unified_latents.base import CacheMismatchError
-    from unified_latents.generate import load_base_run
+    from unified_latents.latent_cache import CacheMismatchError
+    from unified_latents.base import load_base_run
     root, _ = pipeline
     stage1, stage2 = tmp_path / "s1", tmp_path / "s2"
     shutil.copytree(root / "smoke", stage1, ignore=shutil.ignore_patterns("latents"))  # as if the cache was deleted
@@ -134,7 +134,7 @@ def test_stage_two_refuses_a_stage_one_encoder_that_changed(pipeline, tmp_path):
     torch.save(checkpoint, checkpoint_path)
     with pytest.raises(CacheMismatchError, match="was trained on the latents of encoder"):
         load_base_run(stage2, "cpu")
-    code = "import sys; from unified_latents.generate import base_main; sys.exit(base_main())"
+    code = "import sys; from unified_latents.cli import base_main; sys.exit(base_main())"
     result = run(sys.executable, "-c", code, "--preset", "smoke", "--stage1_run", stage1, "--out_dir", stage2,
                  "--steps", 12, "--sample_count", 4, "--device", "cpu", "--no-progress")
     assert result.returncode == 2, result.stdout + result.stderr

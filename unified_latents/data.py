@@ -23,7 +23,7 @@ __all__ = ['SPLITS', 'DATASETS', 'NEVER_DOWNLOADS', 'PHOTOS', 'PHOTO_SIDE', 'PHO
            'CIFAR10_FILES', 'MNIST_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_FOLDERS', 'HELDOUT_EVERY', 'DatasetNotFoundError',
            'check_split', 'to_unit_range', 'TensorImages', 'load_photo', 'CropPlan', 'crop_plan', 'photo_patches',
            'colour_orders', 'permute_colours', 'cifar10_images', 'mnist_images', 'load_image', 'ImageFolderImages',
-           'load_images', 'image_channels']
+           'load_images', 'image_channels', 'dataset_tensor']
 
 # %% ../nbs/09_data.ipynb #c7b0bdb8
 SPLITS: tuple[str, ...] = ("train", "heldout")
@@ -225,7 +225,7 @@ def load_image(path: str | Path, image_size: int) -> Tensor:
     image = image.crop((left, top, left + image_size, top + image_size))
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
-
+# %% ../nbs/09_data.ipynb #7a01a2a4
 class ImageFolderImages(Dataset):
     "The images under `<root>/<class>/` or a flat `<root>` as RGB (3, S, S) in [-1, 1]; unreadable files are skipped."
 
@@ -308,3 +308,13 @@ def image_channels(dataset: Dataset) -> int:
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     return int(getattr(dataset, "channels", 0) or dataset[0].shape[0])
+
+
+def dataset_tensor(dataset, limit: int | None = None) -> Tensor:
+    "The first `limit` (default: all) images of a dataset as one (N, C, H, W) float tensor."
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    images = getattr(dataset, "images", None)
+    if isinstance(images, Tensor):
+        return images[:count].float() if images.is_floating_point() else to_unit_range(images[:count])
+    return torch.stack([dataset[i] for i in range(count)])
+

@@ -91,9 +91,9 @@ class StageOneNoise:
     def __getitem__(self, index: slice) -> StageOneNoise:
         return StageOneNoise(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
 
-
-class UnifiedLatents(nn.Module):
-    "Stage-1 Unified Latents: encoder, diffusion prior over latents, diffusion decoder in pixel space."
+# %% ../nbs/08_model.ipynb #dc588c0c
+class _UnifiedLatentsStep1(nn.Module):
+    "UnifiedLatents, step 1: the three networks, their schedules, and encoding (z_clean, and z_0 at λ0)."
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -122,6 +122,10 @@ class UnifiedLatents(nn.Module):
     def encode_noisy(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         "z_0: the latent noised to λ0, what the decoder is conditioned on."
         return add_fixed_noise(self.encode(x), self.config.logsnr_0, generator=generator)[0]
+
+# %% ../nbs/08_model.ipynb #0f6a9f41
+class _UnifiedLatentsStep2(_UnifiedLatentsStep1):
+    "UnifiedLatents, step 2: the randomness of one training step and the stage-1 loss L_z + L_x."
 
     def draw_noise(self, batch: int, generator: torch.Generator | None = None,
                    device: torch.device | str | None = None, size: tuple[int, int] | None = None) -> StageOneNoise:
@@ -162,6 +166,10 @@ class UnifiedLatents(nn.Module):
         "Same as `loss`: the call DistributedDataParallel wraps."
         return self.loss(x, generator, noise)
 
+# %% ../nbs/08_model.ipynb #8eb4e339
+class UnifiedLatents(_UnifiedLatentsStep2):
+    "Stage-1 Unified Latents: encoder, diffusion prior over latents, diffusion decoder in pixel space."
+
     @torch.no_grad()
     def decode(self, z_0: Tensor, steps: int = 32, method: str = "ddim", generator: torch.Generator | None = None,
                progress: bool = False, temperature: float = 1.0) -> Tensor:
@@ -201,8 +209,6 @@ class UnifiedLatents(nn.Module):
         if c.prior_positions == "learned" and tuple(x.shape[-2:]) != (c.image_size, c.image_size):
             raise ValueError(f"this model's prior has absolute positions: it takes only {c.image_size}×{c.image_size} "
                              f"images (cut larger ones into tiles); got {tuple(x.shape)}.")
-
-
 
 # %% ../nbs/08_model.ipynb #5fc2ef4a
 def psnr_db(images: Tensor, references: Tensor) -> Tensor:

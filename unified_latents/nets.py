@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 # %% auto #0
 __all__ = ['NORMS', 'PRIOR_POSITIONS', 'LogSNREmbedding', 'ChannelNorm', 'make_norm', 'ResBlock', 'TransformerBlock', 'Encoder',
-           'check_divisible', 'window_partition', 'window_merge', 'LatentPrior', 'Decoder', 'count_parameters',
-           'count_flops']
+           'check_divisible', 'window_partition', 'window_merge', 'LatentPrior', 'Decoder', 'BaseTransformer',
+           'count_parameters', 'count_flops']
 
 # %% ../nbs/06_nets.ipynb #96fc3dcf
 class LogSNREmbedding(nn.Module):
@@ -84,7 +84,7 @@ class ResBlock(nn.Module):
             h = h * (1 + scale) + shift
         return self.skip(x) + self.conv2(self.dropout(F.silu(h)))
 
-
+# %% ../nbs/06_nets.ipynb #8d6ac48f
 class TransformerBlock(nn.Module):
     "Pre-norm self-attention and MLP, each modulated (shift, scale, gate) by the λ embedding (adaLN-Zero)."
 
@@ -177,7 +177,7 @@ def window_merge(windows: Tensor, window: tuple[int, int], height: int, width: i
     grid = windows.reshape(-1, rows, cols, wh, ww, dim).permute(0, 1, 3, 2, 4, 5).reshape(-1, rows * wh, cols * ww, dim)
     return grid[:, :height, :width]
 
-
+# %% ../nbs/06_nets.ipynb #f431d65e
 class LatentPrior(nn.Module):
     "Transformer denoiser over latents: (z_t (B, C, h, w), λ (B,)) → prediction (B, C, h, w), at any latent size."
 
@@ -224,10 +224,9 @@ class LatentPrior(nn.Module):
             h = window_merge(tokens, window, height, width)
         return self.out(self.norm(h)).permute(0, 3, 1, 2).contiguous()
 
-
-# %% ../nbs/06_nets.ipynb #67c3c233
-class Decoder(nn.Module):
-    "Diffusion decoder: (x_t (B, C, H, W), λ (B,), z_0 (B, c, h, w)) → prediction (B, C, H, W)."
+# %% ../nbs/06_nets.ipynb #56e84f63
+class _DecoderStep1(nn.Module):
+    "Decoder, step 1: its levels, built from the configuration; step 2 adds the forward pass."
 
     def __init__(self, image_channels: int = 3, latent_channels: int = 4, channels: tuple[int, ...] = (32, 64, 128),
                  blocks_per_level: int = 1, transformer_depth: int = 0, transformer_width: int = 256,
@@ -266,6 +265,10 @@ class Decoder(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
+# %% ../nbs/06_nets.ipynb #681db1fb
+class Decoder(_DecoderStep1):
+    "Diffusion decoder: (x_t (B, C, H, W), λ (B,), z_0 (B, c, h, w)) → prediction (B, C, H, W)."
+
     def forward(self, x: Tensor, logsnr: Tensor, z_0: Tensor) -> Tensor:
         check_divisible(x.shape[-2:], self.downsampling, "decoder")
         emb = self.embed(logsnr)
@@ -295,9 +298,67 @@ class Decoder(nn.Module):
         out = self.out(h)
         return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
 
-
+# %% ../nbs/06_nets.ipynb #a76a84e4
 def _resize(z: Tensor, size: torch.Size) -> Tensor:
     return z if z.shape[-2:] == size else F.interpolate(z, size=tuple(size), mode="bilinear", align_corners=False)
+
+# %% ../nbs/06_nets.ipynb #d1cdb01f
+class _BaseTransformerStep1(nn.Module):
+    "BaseTransformer, step 1: the two levels of blocks, the merge and the split; step 2 adds the forward pass."
+
+    def __init__(self, latent_channels: int, latent_size: int, widths: tuple[int, ...] = (128, 256),
+                 depths: tuple[int, ...] = (2, 4), heads: int = 4, dropout: float = 0.0, mlp_ratio: float = 4.0):
+        super().__init__()
+        if len(widths) not in (1, 2) or len(depths) != len(widths):
+            raise ValueError(f"widths and depths must both have 1 or 2 entries (levels); got {widths} and {depths}.")
+        if len(widths) == 2 and latent_size % 2:
+            raise ValueError(f"a two-level base model merges 2×2 latent positions, so the latent side must be even; "
+                             f"got {latent_size}.")
+        self.latent_size = latent_size
+        emb_dim = widths[-1]
+        self.embed = LogSNREmbedding(emb_dim)
+        self.inp = nn.Linear(latent_channels, widths[0])
+        self.position = nn.Parameter(torch.randn(1, latent_size**2, widths[0]) * 0.02)
+        before = (depths[0] + 1) // 2 if len(widths) == 2 else depths[0]
+        self.blocks_in = nn.ModuleList(TransformerBlock(widths[0], heads, emb_dim, mlp_ratio, dropout)
+                                       for _ in range(before))
+        if len(widths) == 2:
+            self.merge = nn.Linear(4 * widths[0], widths[1])
+            self.position_2 = nn.Parameter(torch.randn(1, (latent_size // 2) ** 2, widths[1]) * 0.02)
+            self.blocks_mid = nn.ModuleList(TransformerBlock(widths[1], heads, emb_dim, mlp_ratio, dropout)
+                                            for _ in range(depths[1]))
+            self.split = nn.Linear(widths[1], 4 * widths[0])
+            self.blocks_out = nn.ModuleList(TransformerBlock(widths[0], heads, emb_dim, mlp_ratio, dropout)
+                                            for _ in range(depths[0] - before))
+        self.norm = nn.LayerNorm(widths[0])
+        self.out = nn.Linear(widths[0], latent_channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+# %% ../nbs/06_nets.ipynb #df306850
+class BaseTransformer(_BaseTransformerStep1):
+    "Two-level transformer denoiser over latents: (z_t (B, c, h, w), λ (B,)) → prediction (B, c, h, w)."
+
+    def forward(self, z: Tensor, logsnr: Tensor) -> Tensor:
+        batch, channels, height, width = z.shape
+        if (height, width) != (self.latent_size, self.latent_size):
+            raise ValueError(f"the base model was built for {self.latent_size}×{self.latent_size} latents; "
+                             f"got {height}×{width}.")
+        emb = self.embed(logsnr)
+        h = self.inp(z.flatten(2).transpose(1, 2)) + self.position  # (B, h·w, w1)
+        for block in self.blocks_in:
+            h = block(h, emb)
+        if hasattr(self, "merge"):
+            grid = h.transpose(1, 2).reshape(batch, -1, height, width)  # (B, w1, h, w)
+            merged = F.pixel_unshuffle(grid, 2).flatten(2).transpose(1, 2)  # (B, h·w/4, 4·w1)
+            m = self.merge(merged) + self.position_2
+            for block in self.blocks_mid:
+                m = block(m, emb)
+            split = self.split(m).transpose(1, 2).reshape(batch, -1, height // 2, width // 2)
+            h = h + F.pixel_shuffle(split, 2).flatten(2).transpose(1, 2)  # back to (B, h·w, w1), plus the skip
+            for block in self.blocks_out:
+                h = block(h, emb)
+        return self.out(self.norm(h)).transpose(1, 2).reshape(batch, channels, height, width)
 
 # %% ../nbs/06_nets.ipynb #1845303e
 def count_parameters(module: nn.Module) -> int:

@@ -126,7 +126,7 @@ class LinearLogSNR(LogSNRSchedule):
     def t_from_logsnr(self, logsnr: Tensor) -> Tensor:
         return (self.logsnr_max - logsnr) / (self.logsnr_max - self.logsnr_min)
 
-
+# %% ../nbs/00_noise.ipynb #95f912ad
 class CosineSchedule(LogSNRSchedule):
     "The cosine schedule λ(t) = −2 log tan(u(t)) + shift, truncated to [logsnr_min, logsnr_max]."
 

@@ -21,7 +21,7 @@ from unified_latents.noise import (
 
 # %% auto #0
 __all__ = ['Denoiser', 'latent_schedule', 'check_prior_aligned', 'PriorELBO', 'terminal_kl', 'prior_elbo', 'gaussian_optimal_eps',
-           'gaussian_prior_elbo_expected']
+           'gaussian_prior_elbo_expected', 'elbo_bits_per_pixel']
 
 # %% ../nbs/03_prior.ipynb #61a937c2
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (z_t (B, ...), logsnr (B,)) -> prediction (B, ...)
@@ -111,3 +111,13 @@ def gaussian_prior_elbo_expected(dims: int, variance: float, logsnr_0: float, lo
     alpha_sq = 1.0 / (1.0 + math.exp(-logsnr_min))
     terminal = 0.5 * dims * (alpha_sq * variance - alpha_sq - math.log1p(-alpha_sq))  # σ² − 1 − log σ², stably
     return diffusion + terminal
+
+# %% ../nbs/03_prior.ipynb #8162ae52
+@torch.no_grad()
+def elbo_bits_per_pixel(network: Denoiser, z_clean: Tensor, schedule, parameterization: str, image_size: int,
+                        generator: torch.Generator | None = None, draws: int = 4) -> Tensor:
+    "Unweighted ELBO bound (pillar 2's L_z) of any latent denoiser on z_clean (B,), bits per image pixel, mean of draws."
+    estimates = [prior_elbo(network, z_clean, schedule, parameterization=parameterization, generator=generator)
+                 .bits_per_pixel(image_size) for _ in range(draws)]
+    return torch.stack(estimates).mean(0)
+
