@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What tests/test_browser.py needs on a fresh Debian machine, run as root: Debian's Chromium
-# (/usr/bin/chromium) and Playwright's Python package. Idempotent, quiet, fails loudly.
+# What the browser checks need on a fresh Debian machine, run as root: Debian's Chromium (/usr/bin/chromium),
+# Playwright's Python package (tests/test_browser.py, .ci/site_check.py) and pandoc (.ci/site.py). Idempotent, quiet, fails loudly.
 # No `playwright install`: it downloads browser builds from the internet, which is closed here; the test
 # drives Debian's Chromium through Playwright's executable_path instead.
 set -euo pipefail
@@ -23,10 +23,19 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 /usr/bin/chromium --version >/dev/null 2>&1 || die "/usr/bin/chromium is installed but does not run"
 
+# Debian's pandoc renders the docs site offline (.ci/site.py): equations as MathML, no network.
+if ! command -v pandoc >/dev/null 2>&1; then
+  [ "$(id -u)" -eq 0 ] || die "pandoc is missing and installing it needs root (apt-get install pandoc)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends pandoc >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends pandoc >/dev/null 2>&1; } \
+    || die "apt-get install pandoc failed"
+fi
+
 if [ "$("$PY" -c 'import importlib.metadata as m; print(m.version("playwright"))' 2>/dev/null || true)" != "$PLAYWRIGHT_VERSION" ]; then
   PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q "playwright==$PLAYWRIGHT_VERSION" \
     || die "pip install playwright==$PLAYWRIGHT_VERSION failed"
 fi
 "$PY" -c "import playwright.sync_api" || die "playwright does not import"
 
-echo "browser_setup: $(/usr/bin/chromium --version 2>/dev/null | head -n 1) | playwright $PLAYWRIGHT_VERSION"
+echo "browser_setup: $(/usr/bin/chromium --version 2>/dev/null | head -n 1) | playwright $PLAYWRIGHT_VERSION | $(pandoc --version | head -n 1)"

@@ -24,12 +24,18 @@ def render() -> str:
         source = text_of(cell["source"]).strip("\n")
         if cell["cell_type"] == "markdown":
             # links between notebooks are relative to nbs/; from the repository root they need the prefix
+            source = re.sub(r"\]\((?!https?:|#|/)(images/[^)]+)\)", r"](nbs/\1)", source)  # pictures too
             blocks.append(re.sub(r"\]\((?!https?:|#|/)([^)]+\.ipynb)\)", r"](nbs/\1)", source))
             continue
         if cell["cell_type"] != "code":
             continue
         directives = [line for line in source.split("\n") if line.startswith("#|")]
         if any("hide" in line or "include: false" in line for line in directives):
+            continue
+        if any("echo: false" in line for line in directives):  # a figure cell: the README shows the file it saves
+            saved = re.search(r'savefig\("(images/[^"]+)"', source)
+            if saved:
+                blocks.append(f"![Unified Latents at a glance](nbs/{saved[1]})")
             continue
         code = "\n".join(line for line in source.split("\n") if not line.startswith("#|")).strip("\n")
         if code:

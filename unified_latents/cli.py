@@ -497,7 +497,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return parser
 
-
+# %% ../nbs/21_cli.ipynb #78a465e7
 def reconstruct_main(argv: list[str] | None = None) -> int:
     "Entry point of `ul_reconstruct`: photos at their own size through a run, beside JPEG and WebP at the same rate."
     args = reconstruct_parser().parse_args(argv)
