@@ -132,8 +132,11 @@ def test_ctrl_c_still_stops_a_shell_script_that_runs_training(tmp_path):
     command = " ".join(["ul_train"] if shutil_which("ul_train") else [sys.executable, "-m", "unified_latents"])
     run_dir = tmp_path / "run"
     script = f"{command} {' '.join(map(str, SMOKE))} --steps 400 --checkpoint_every 1000 --out_dir {run_dir}; echo AFTER"
+    # Its own process group, as a terminal's Ctrl-C reaches, with SIGINT at its default as in a terminal: a test run
+    # started in the background of a non-interactive shell (`nohup bash .ci/run &`) inherits SIGINT ignored, and
+    # ul_train rightly keeps an ignored signal ignored.
     shell = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_metrics(shell, run_dir)
     os.killpg(shell.pid, signal.SIGINT)
     out, err = shell.communicate(timeout=120)

@@ -178,4 +178,24 @@ def validate_config(config: TrainConfig) -> None:
         _bad(config, "permute_colours", "false for images that are not RGB (image_channels = 3)")
     if config.decode_method not in ("ddim", "ancestral"):
         _bad(config, "decode_method", "ddim or ancestral")
+    _validate_ablations(config)
     check_divisible((config.image_size, config.image_size), config.downsampling, "encoder")
+
+
+def _validate_ablations(config: ModelConfig) -> None:
+    "The ablation switches: known values, and only the combinations the notebook 'Why each pillar' defines."
+    if config.decoder_kind not in ("diffusion", "mse"):
+        _bad(config, "decoder_kind", "diffusion or mse")
+    if config.prior_kind not in ("diffusion", "normal", "stop_gradient"):
+        _bad(config, "prior_kind", "diffusion, normal or stop_gradient")
+    if not (isinstance(config.normal_kl_weight, (int, float)) and 0 <= config.normal_kl_weight < math.inf):
+        _bad(config, "normal_kl_weight", "a finite number ≥ 0")
+    if not isinstance(config.prior_weight_bias, (int, float)) or math.isnan(config.prior_weight_bias) \
+            or config.prior_weight_bias == -math.inf:
+        _bad(config, "prior_weight_bias", "a finite number, or inf for the unweighted prior of pillar 2")
+    if not isinstance(config.learned_variance, bool):
+        _bad(config, "learned_variance", "true or false")
+    if config.prior_kind != "diffusion" and (config.learned_variance or config.prior_weight_bias != math.inf):
+        raise ValueError(f"prior_kind={config.prior_kind!r} takes neither learned_variance nor a finite "
+                         f"prior_weight_bias (both change the diffusion prior's term); set prior_kind to diffusion.")
+

@@ -20,7 +20,8 @@ from unified_latents.noise import (
 
 # %% auto #0
 __all__ = ['DEFAULT_LOSS_FACTOR', 'DEFAULT_BIAS', 'check_loss_factor', 'check_bias', 'decoder_weight', 'break_even_logsnr',
-           'decoder_loss_weight', 'DecoderLoss', 'pixel_schedule', 'decoder_elbo']
+           'decoder_loss_weight', 'DecoderLoss', 'pixel_schedule', 'decoder_elbo', 'mse_decoder_weight',
+           'mse_decoder_loss']
 
 # %% ../nbs/04_decoder.ipynb #646007e5
 DEFAULT_LOSS_FACTOR: float = 1.5  # the paper's baseline c_lf
@@ -108,3 +109,21 @@ def decoder_elbo(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, schedu
     prediction = denoiser(diffuse(x, eps, logsnr), logsnr)
     weight = decoder_loss_weight(logsnr, schedule.dlogsnr_dt(t), loss_factor, bias, "eps")  # (B,)
     return DecoderLoss(noise_weighted_loss(prediction, x, eps, logsnr, weight, parameterization), logsnr)
+
+# %% ../nbs/04_decoder.ipynb #13df347f
+def mse_decoder_weight(schedule: LogSNRSchedule, loss_factor: float = DEFAULT_LOSS_FACTOR,
+                       bias: float = DEFAULT_BIAS) -> float:
+    "w with which a deterministic decoder's ‖x − x̂‖² enters: the diffusion loss of a decoder that ignores x_t."
+    loss_factor, bias = check_loss_factor(loss_factor), check_bias(bias)
+    low, high = schedule.logsnr_min, schedule.logsnr_max
+    if bias == math.inf:
+        return 0.5 * loss_factor * (math.exp(high) - math.exp(low))
+    softplus = lambda value: max(value, 0.0) + math.log1p(math.exp(-abs(value)))
+    return 0.5 * loss_factor * math.exp(bias) * (softplus(high - bias) - softplus(low - bias))
+
+
+def mse_decoder_loss(prediction: Tensor, x: Tensor, weight: float) -> Tensor:
+    "The deterministic decoder's loss per sample (B,): weight · ‖x − x̂‖², summed over all values."
+    if prediction.shape != x.shape:
+        raise ValueError(f"prediction and x must have the same shape; got {tuple(prediction.shape)} and {tuple(x.shape)}.")
+    return weight * (x.float() - prediction.float()).square().flatten(1).sum(1)

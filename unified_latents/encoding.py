@@ -10,12 +10,13 @@ import numbers
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .noise import check_finite, diffuse
 
 # %% auto #0
 __all__ = ['LATENT_LOGSNR_0', 'LOGSNR_0_RANGE', 'check_logsnr_0', 'add_fixed_noise', 'FixedNoiseEncoder',
-           'gaussian_capacity_nats', 'image_pixels', 'nats_to_bits_per_pixel']
+           'gaussian_capacity_nats', 'image_pixels', 'nats_to_bits_per_pixel', 'learned_variance_latent']
 
 # %% ../nbs/02_encoding.ipynb #a7f31c1e
 LATENT_LOGSNR_0: float = 5.0  # the paper's λ0
@@ -78,3 +79,21 @@ def image_pixels(image_size: int | tuple[int, int]) -> int:
 def nats_to_bits_per_pixel(nats: float | Tensor, image_size: int | tuple[int, int]) -> float | Tensor:
     "Convert nats per image to bits per image pixel: nats / (H · W · ln 2). Colour channels are not counted."
     return nats / (image_pixels(image_size) * math.log(2))
+
+# %% ../nbs/02_encoding.ipynb #c785ca23
+def learned_variance_latent(mean: Tensor, log_extra_variance: Tensor, logsnr_0: float = LATENT_LOGSNR_0, *,
+                            eps: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """A learned-variance encoder's latent for the aligned prior and its entropy bonus.
+
+    Returns z̃ = μ + e^{−λ0/2}·e^{r/2}·ε (so that z_0 = α0 z̃ + σ0 ε' has variance σ0²(1 + e^r) around α0 μ) and the
+    bonus ½·Σ softplus(r) per sample in nats, the entropy the encoder adds above the fixed noise σ0."""
+    logsnr_0 = check_logsnr_0(logsnr_0)
+    if mean.shape != log_extra_variance.shape:
+        raise ValueError(f"mean and log_extra_variance must have the same shape; got {tuple(mean.shape)} and "
+                         f"{tuple(log_extra_variance.shape)}.")
+    if eps is None:
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    spread = math.exp(-0.5 * logsnr_0) * torch.exp(0.5 * log_extra_variance)  # σ0/α0 = e^{−λ0/2}
+    r = log_extra_variance.to(torch.promote_types(log_extra_variance.dtype, torch.float32))  # float32 at least
+    bonus = 0.5 * F.softplus(r).flatten(1).sum(1)
+    return mean + spread * eps, bonus

@@ -89,7 +89,10 @@ def _encode_split(model: UnifiedLatents, split: str, dataset, cache_dir: Path, m
         if entry and all(entry.get(k) == v for k, v in expected.items()) and _shard_intact(cache_dir, path.name, entry):
             continue  # done by an earlier, interrupted run: same images, same bytes
         images = dataset_tensor(torch.utils.data.Subset(dataset, range(start, min(start + shard_size, count))))
-        latents = torch.cat([model.encode(images[i:i + batch_size].to(model_device)).float().cpu()
+        # The latent the stage-1 prior scored: z_clean, or for a learned-variance encoder one draw of z̃, seeded by
+        # the shard so that a re-encoded shard has the same bytes.
+        generator = torch.Generator(model_device).manual_seed(index)
+        latents = torch.cat([model.prior_latent(images[i:i + batch_size].to(model_device), generator)[0].float().cpu()
                              for i in range(0, len(images), batch_size)])
         atomic_write(path, lambda tmp: torch_save({"z_clean": latents.contiguous(), "start": start}, tmp))
         manifest["shards"][path.name] = {"split": split, "start": start, "count": len(latents),

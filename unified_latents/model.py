@@ -5,16 +5,17 @@
 # %% ../nbs/08_model.ipynb #054c17a8
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from .decoder import decoder_elbo, pixel_schedule
-from .encoding import add_fixed_noise, check_logsnr_0, nats_to_bits_per_pixel
+from .decoder import decoder_elbo, mse_decoder_loss, mse_decoder_weight, pixel_schedule
+from .encoding import add_fixed_noise, check_logsnr_0, learned_variance_latent, nats_to_bits_per_pixel
 from .nets import Decoder, Encoder, LatentPrior, check_divisible, count_flops, count_parameters
-from .noise import check_parameterization, sample_time
-from .prior import check_prior_aligned, latent_schedule, prior_elbo
+from .noise import check_parameterization, sample_time, to_x
+from .prior import check_prior_aligned, latent_schedule, normal_prior_kl, prior_elbo
 from .sampling import sample
 
 # %% auto #0
@@ -51,6 +52,12 @@ class ModelConfig:
     loss_factor: float = 1.5  # pillar 3: c_lf
     bias: float = 0.0  # pillar 3: b in sigmoid(b − λ)
     parameterization: str = "v"  # what the prior and decoder networks predict: 'eps', 'x' or 'v'
+    # Ablations of the paper's Tables 5 and 6 (notebook "Why each pillar"); the defaults are Unified Latents.
+    decoder_kind: str = "diffusion"  # "mse": a deterministic decoder x̂(z_0), trained with the weighted MSE
+    prior_kind: str = "diffusion"  # "normal": KL to N(0, I) (a VAE); "stop_gradient": no prior gradient to the encoder
+    normal_kl_weight: float = 0.1  # stop_gradient: the discounted KL to N(0, I) that regularises the encoder instead
+    prior_weight_bias: float = math.inf  # finite b: the prior's loss weighted by sigmoid(b − λ), no longer a bound
+    learned_variance: bool = False  # the encoder also outputs its noise (≥ σ0), paid for by the entropy term
 
     @property
     def downsampling(self) -> int:
@@ -73,10 +80,11 @@ class StageOneLoss:
     "The stage-1 objective and its parts, per sample where that makes sense."
     total: Tensor  # scalar: mean over the batch of (L_z + L_x) / (C·H·W), what training minimises
     prior_nats: Tensor  # (B,) L_z, nats per image (an upper bound on the latent's information)
-    bits_per_pixel: Tensor  # (B,) L_z in bits per image pixel
+    bits_per_pixel: Tensor  # (B,) the rate the model reports, bits per image pixel: L_z (see prior_bits_per_pixel)
     decoder: Tensor  # (B,) the weighted decoder loss L_x
     prior_logsnr: Tensor  # (B,) λ of the prior's sample
     decoder_logsnr: Tensor  # (B,) λ of the decoder's sample
+    prior_bits_per_pixel: Tensor | None = None  # (B,) the unweighted diffusion prior's bound on the same latent
 
 
 @dataclass
@@ -87,9 +95,11 @@ class StageOneNoise:
     eps_prior: Tensor  # (B, c, h, w)
     t_pixel: Tensor  # (B,)
     eps_pixel: Tensor  # (B, C, H, W)
+    eps_variance: Tensor | None = None  # (B, c, h, w) a learned-variance encoder's own noise; None otherwise
 
     def __getitem__(self, index: slice) -> StageOneNoise:
-        return StageOneNoise(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
+        return StageOneNoise(**{name: None if getattr(self, name) is None else getattr(self, name)[index]
+                                for name in self.__dataclass_fields__})
 
 # %% ../nbs/08_model.ipynb #dc588c0c
 class _UnifiedLatentsStep1(nn.Module):
@@ -102,8 +112,9 @@ class _UnifiedLatentsStep1(nn.Module):
         check_parameterization(config.parameterization)
         check_divisible((config.image_size, config.image_size), config.downsampling, "encoder")
         self.config = config
+        outputs = config.latent_channels * (2 if config.learned_variance else 1)  # mean, and log-ratio r if learned
         self.encoder = Encoder(config.image_channels, tuple(config.encoder_channels), config.encoder_blocks,
-                               config.latent_channels, config.patch_size, config.norm)
+                               outputs, config.patch_size, config.norm)
         self.prior = LatentPrior(config.latent_channels, config.latent_size, config.prior_width, config.prior_depth,
                                  config.prior_heads, dropout=config.prior_dropout, positions=config.prior_positions)
         self.decoder = Decoder(config.image_channels, config.latent_channels, tuple(config.decoder_channels),
@@ -116,16 +127,26 @@ class _UnifiedLatentsStep1(nn.Module):
                                              config.pixel_logsnr_min, config.pixel_logsnr_max)
 
     def encode(self, x: Tensor) -> Tensor:
-        "z_clean = E(x), the deterministic latent (B, c, h, w)."
-        return self.encoder(x)
+        "z_clean = E(x), the deterministic latent (B, c, h, w); a learned-variance encoder's mean μ."
+        return self.encoder(x)[:, :self.config.latent_channels]
+
+    def prior_latent(self, x: Tensor, generator: torch.Generator | None = None,
+                     eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        "The latent the prior scores (z_clean; z̃ = μ + extra noise for a learned variance) and the entropy bonus (B,)."
+        out = self.encoder(x)
+        if not self.config.learned_variance:
+            return out, torch.zeros(x.shape[0], device=x.device)
+        mean, raw = out.chunk(2, dim=1)
+        # r = raw − 5: e^r ≈ 0.007 at initialisation, so a new model starts as the fixed-noise encoder
+        return learned_variance_latent(mean, raw - 5.0, self.config.logsnr_0, eps=eps, generator=generator)
 
     def encode_noisy(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         "z_0: the latent noised to λ0, what the decoder is conditioned on."
-        return add_fixed_noise(self.encode(x), self.config.logsnr_0, generator=generator)[0]
+        return add_fixed_noise(self.prior_latent(x, generator)[0], self.config.logsnr_0, generator=generator)[0]
 
 # %% ../nbs/08_model.ipynb #0f6a9f41
 class _UnifiedLatentsStep2(_UnifiedLatentsStep1):
-    "UnifiedLatents, step 2: the randomness of one training step and the stage-1 loss L_z + L_x."
+    "UnifiedLatents, step 2: the randomness of one training step, and each pillar's term (with its ablations)."
 
     def draw_noise(self, batch: int, generator: torch.Generator | None = None,
                    device: torch.device | str | None = None, size: tuple[int, int] | None = None) -> StageOneNoise:
@@ -135,11 +156,56 @@ class _UnifiedLatentsStep2(_UnifiedLatentsStep1):
         f = c.downsampling
         latent = (batch, c.latent_channels, height // f, width // f)
         image = (batch, c.image_channels, height, width)
-        return StageOneNoise(eps_latent=torch.randn(latent, generator=generator, device=device),
-                             t_prior=sample_time(batch, generator=generator, device=device),
-                             eps_prior=torch.randn(latent, generator=generator, device=device),
-                             t_pixel=sample_time(batch, generator=generator, device=device),
-                             eps_pixel=torch.randn(image, generator=generator, device=device))
+        noise = StageOneNoise(eps_latent=torch.randn(latent, generator=generator, device=device),
+                              t_prior=sample_time(batch, generator=generator, device=device),
+                              eps_prior=torch.randn(latent, generator=generator, device=device),
+                              t_pixel=sample_time(batch, generator=generator, device=device),
+                              eps_pixel=torch.randn(image, generator=generator, device=device))
+        if c.learned_variance:  # drawn last, so that the other draws are those of a fixed-noise model
+            noise.eps_variance = torch.randn(latent, generator=generator, device=device)
+        return noise
+
+    def _rate(self, z_clean: Tensor, bonus: Tensor, noise: StageOneNoise) -> tuple[Tensor, Tensor, Tensor]:
+        "Pillar 2 (or its ablation): the rate term minimised, the rate reported and the unweighted prior bound (B,)."
+        c = self.config
+        stop = c.prior_kind != "diffusion"  # normal / stop_gradient: the prior learns the latent, the encoder is not told
+        rate = prior_elbo(self.prior, z_clean.detach() if stop else z_clean, self.latent_schedule,
+                          parameterization=c.parameterization, t=noise.t_prior, eps=noise.eps_prior.to(z_clean.dtype),
+                          weight_bias=c.prior_weight_bias)
+        honest = rate.unweighted_total - bonus
+        if not stop:
+            return rate.total - bonus, rate.total - bonus, honest
+        kl = normal_prior_kl(z_clean, c.logsnr_0)
+        if c.prior_kind == "normal":
+            return kl + rate.total, kl, honest
+        return c.normal_kl_weight * kl + rate.total, rate.total, honest
+
+
+# %% ../nbs/08_model.ipynb #e5db0e46
+class _UnifiedLatentsStep3(_UnifiedLatentsStep2):
+    "UnifiedLatents, step 3: the decoder's term, diffusion or (the ablation) a deterministic decoder."
+
+    def _distortion(self, x: Tensor, z_0: Tensor, noise: StageOneNoise) -> tuple[Tensor, Tensor]:
+        "Pillar 3 (or the MSE-decoder ablation): the decoder loss and the λ it was evaluated at (B,)."
+        c = self.config
+        if c.decoder_kind == "mse":
+            weight = mse_decoder_weight(self.pixel_schedule, c.loss_factor, c.bias)
+            logsnr = torch.full((x.shape[0],), self.pixel_schedule.logsnr_min, device=x.device)
+            return mse_decoder_loss(self._deterministic_decode(z_0, tuple(x.shape)), x, weight), logsnr
+        out = decoder_elbo(lambda x_t, logsnr: self.decoder(x_t, logsnr, z_0), x, self.pixel_schedule,
+                           loss_factor=c.loss_factor, bias=c.bias, parameterization=c.parameterization,
+                           t=noise.t_pixel, eps=noise.eps_pixel.to(x.dtype))
+        return out.loss, out.logsnr
+
+    def _deterministic_decode(self, z_0: Tensor, shape: tuple[int, ...]) -> Tensor:
+        "The MSE decoder: one call of the decoder network at pure noise with x_t = 0, read as an x-prediction."
+        x_t = torch.zeros(shape, device=z_0.device, dtype=z_0.dtype)
+        logsnr = torch.full((shape[0],), self.pixel_schedule.logsnr_min, device=z_0.device)
+        return to_x(self.decoder(x_t, logsnr, z_0), x_t, logsnr, self.config.parameterization)
+
+# %% ../nbs/08_model.ipynb #1b747124
+class _UnifiedLatentsStep4(_UnifiedLatentsStep3):
+    "UnifiedLatents, step 4: the stage-1 loss L_z + L_x from the two terms."
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None,
              noise: StageOneNoise | None = None) -> StageOneLoss:
@@ -147,27 +213,34 @@ class _UnifiedLatentsStep2(_UnifiedLatentsStep1):
         self._check_images(x)
         if noise is None:
             noise = self.draw_noise(x.shape[0], generator, x.device, tuple(x.shape[-2:]))
-        z_clean = self.encode(x)
+        eps_variance = None if noise.eps_variance is None else noise.eps_variance.to(x.dtype)
+        z_clean, bonus = self.prior_latent(x, eps=eps_variance)
         z_0, _ = add_fixed_noise(z_clean, self.config.logsnr_0, eps=noise.eps_latent.to(z_clean.dtype))
-        rate = prior_elbo(self.prior, z_clean, self.latent_schedule, parameterization=self.config.parameterization,
-                          t=noise.t_prior, eps=noise.eps_prior.to(z_clean.dtype))
-        distortion = decoder_elbo(lambda x_t, logsnr: self.decoder(x_t, logsnr, z_0), x, self.pixel_schedule,
-                                  loss_factor=self.config.loss_factor, bias=self.config.bias,
-                                  parameterization=self.config.parameterization, t=noise.t_pixel,
-                                  eps=noise.eps_pixel.to(x.dtype))
-        total = (rate.total + distortion.loss).mean() / x[0].numel()
-        return StageOneLoss(total=total, prior_nats=rate.total.detach(),
-                            bits_per_pixel=rate.bits_per_pixel(tuple(x.shape[-2:])).detach(),
-                            decoder=distortion.loss.detach(), prior_logsnr=rate.logsnr.detach(),
-                            decoder_logsnr=distortion.logsnr.detach())
+        rate, reported, honest = self._rate(z_clean, bonus, noise)
+        distortion, decoder_logsnr = self._distortion(x, z_0, noise)
+        total = (rate + distortion).mean() / x[0].numel()
+        to_bpp = lambda nats: nats_to_bits_per_pixel(nats.detach(), tuple(x.shape[-2:]))
+        return StageOneLoss(total=total, prior_nats=reported.detach(), bits_per_pixel=to_bpp(reported),
+                            decoder=distortion.detach(), prior_logsnr=self.latent_schedule(noise.t_prior.float()),
+                            decoder_logsnr=decoder_logsnr.detach(), prior_bits_per_pixel=to_bpp(honest))
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None,
                 noise: StageOneNoise | None = None) -> StageOneLoss:
         "Same as `loss`: the call DistributedDataParallel wraps."
         return self.loss(x, generator, noise)
 
+    def _check_images(self, x: Tensor) -> None:
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.image_channels:
+            raise ValueError(f"images must have shape (B, {c.image_channels}, H, W) for this model (trained on "
+                             f"{c.image_size}×{c.image_size}); got {tuple(x.shape)}.")
+        check_divisible(x.shape[-2:], c.downsampling, "encoder")
+        if c.prior_positions == "learned" and tuple(x.shape[-2:]) != (c.image_size, c.image_size):
+            raise ValueError(f"this model's prior has absolute positions: it takes only {c.image_size}×{c.image_size} "
+                             f"images (cut larger ones into tiles); got {tuple(x.shape)}.")
+
 # %% ../nbs/08_model.ipynb #8eb4e339
-class UnifiedLatents(_UnifiedLatentsStep2):
+class UnifiedLatents(_UnifiedLatentsStep4):
     "Stage-1 Unified Latents: encoder, diffusion prior over latents, diffusion decoder in pixel space."
 
     @torch.no_grad()
@@ -177,6 +250,8 @@ class UnifiedLatents(_UnifiedLatentsStep2):
         `temperature` < 1 scales that noise down (0: a deterministic decode near the posterior mean, softer)."""
         f = self.config.downsampling
         shape = (z_0.shape[0], self.config.image_channels, z_0.shape[-2] * f, z_0.shape[-1] * f)
+        if self.config.decoder_kind == "mse":  # deterministic: one call, whatever steps and temperature
+            return self._deterministic_decode(z_0, shape).clamp(-1, 1)
         return sample(lambda x_t, logsnr: self.decoder(x_t, logsnr, z_0), shape, self.pixel_schedule, steps,
                       method=method, parameterization=self.config.parameterization, clip_x=True,
                       generator=generator, device=z_0.device, progress=progress, temperature=temperature)
@@ -196,19 +271,12 @@ class UnifiedLatents(_UnifiedLatentsStep2):
         "Noisy latents z_0 from the prior: sampled down to λ0 and stopped there (default size: the training latent's)."
         c = self.config
         height, width = latent_size or (c.latent_size, c.latent_size)
+        if c.prior_kind == "normal":  # a VAE's prior: z_0 ~ N(0, I)
+            return torch.randn((count, c.latent_channels, height, width), generator=generator, device=device)
         return sample(self.prior, (count, c.latent_channels, height, width), self.latent_schedule,
                       steps, method=method, parameterization=c.parameterization, return_noisy=True,
                       generator=generator, device=device)
 
-    def _check_images(self, x: Tensor) -> None:
-        c = self.config
-        if x.ndim != 4 or x.shape[1] != c.image_channels:
-            raise ValueError(f"images must have shape (B, {c.image_channels}, H, W) for this model (trained on "
-                             f"{c.image_size}×{c.image_size}); got {tuple(x.shape)}.")
-        check_divisible(x.shape[-2:], c.downsampling, "encoder")
-        if c.prior_positions == "learned" and tuple(x.shape[-2:]) != (c.image_size, c.image_size):
-            raise ValueError(f"this model's prior has absolute positions: it takes only {c.image_size}×{c.image_size} "
-                             f"images (cut larger ones into tiles); got {tuple(x.shape)}.")
 
 # %% ../nbs/08_model.ipynb #5fc2ef4a
 def psnr_db(images: Tensor, references: Tensor) -> Tensor:

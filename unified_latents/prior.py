@@ -21,7 +21,7 @@ from unified_latents.noise import (
 
 # %% auto #0
 __all__ = ['Denoiser', 'latent_schedule', 'check_prior_aligned', 'PriorELBO', 'terminal_kl', 'prior_elbo', 'gaussian_optimal_eps',
-           'gaussian_prior_elbo_expected', 'elbo_bits_per_pixel']
+           'gaussian_prior_elbo_expected', 'elbo_bits_per_pixel', 'normal_prior_kl', 'gaussian_weighted_prior_expected']
 
 # %% ../nbs/03_prior.ipynb #61a937c2
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (z_t (B, ...), logsnr (B,)) -> prediction (B, ...)
@@ -51,11 +51,17 @@ class PriorELBO:
     diffusion: Tensor  # (B,) nats
     terminal: Tensor  # (B,) nats
     logsnr: Tensor  # (B,) the λ each sample's diffusion term was evaluated at
+    discount: Tensor | None = None  # (B,) sigmoid(b − λ) of a weighted prior (an ablation); None: unweighted
 
     @property
     def total(self) -> Tensor:
         "L_z per sample, in nats."
         return self.diffusion + self.terminal
+
+    @property
+    def unweighted_total(self) -> Tensor:
+        "The unweighted L_z of the same prediction (for a weighted prior: its value without the discount), nats."
+        return self.total if self.discount is None else self.diffusion / self.discount + self.terminal
 
     def bits_per_pixel(self, image_size: int | tuple[int, int]) -> Tensor:
         "L_z per sample in bits per image pixel (H, W of the image, not the latent)."
@@ -81,8 +87,11 @@ def terminal_kl(z_clean: Tensor, logsnr_min: float) -> Tensor:
 
 def prior_elbo(denoiser: Denoiser, z_clean: Tensor, schedule: LogSNRSchedule, *,
                parameterization: Parameterization = "v", t: Tensor | None = None, eps: Tensor | None = None,
-               generator: torch.Generator | None = None) -> PriorELBO:
-    "One-sample estimate of the prior bound L_z (nats per sample) with the unweighted ELBO weight ½(−dλ/dt)."
+               generator: torch.Generator | None = None, weight_bias: float = math.inf) -> PriorELBO:
+    """One-sample estimate of the prior bound L_z (nats per sample) with the unweighted ELBO weight ½(−dλ/dt).
+
+    A finite `weight_bias` b multiplies that weight by sigmoid(b − λ): the weighted prior of an ablation, whose value
+    is no longer a bound on the latent's information (see below)."""
     check_parameterization(parameterization)
     batch = z_clean.shape[0]
     if t is None:
@@ -95,8 +104,14 @@ def prior_elbo(denoiser: Denoiser, z_clean: Tensor, schedule: LogSNRSchedule, *,
     z_t = diffuse(z_clean, eps, logsnr)  # no detach: gradients reach the encoder through the input too
     prediction = denoiser(z_t, logsnr)
     weight = 0.5 * -schedule.dlogsnr_dt(t)  # (B,), the unweighted ELBO
+    discount = None
+    if weight_bias != math.inf:
+        check_finite(weight_bias, "weight_bias")
+        discount = torch.sigmoid(weight_bias - logsnr)
+        weight = weight * discount
     diffusion = noise_weighted_loss(prediction, z_clean, eps, logsnr, weight, parameterization)
-    return PriorELBO(diffusion=diffusion, terminal=terminal_kl(z_clean, schedule.logsnr_min), logsnr=logsnr)
+    return PriorELBO(diffusion=diffusion, terminal=terminal_kl(z_clean, schedule.logsnr_min), logsnr=logsnr,
+                     discount=discount)
 
 # %% ../nbs/03_prior.ipynb #c43d5227
 def gaussian_optimal_eps(z: Tensor, logsnr: Tensor, variance: float) -> Tensor:
@@ -121,3 +136,18 @@ def elbo_bits_per_pixel(network: Denoiser, z_clean: Tensor, schedule, parameteri
                  .bits_per_pixel(image_size) for _ in range(draws)]
     return torch.stack(estimates).mean(0)
 
+
+# %% ../nbs/03_prior.ipynb #bd8cb0d9
+def normal_prior_kl(z_clean: Tensor, logsnr_0: float = LATENT_LOGSNR_0) -> Tensor:
+    "KL[N(α0 z, σ0²) ‖ N(0, I)] per sample (B,) in nats: the rate a normal prior charges the fixed-noise latent."
+    return terminal_kl(z_clean, check_logsnr_0(logsnr_0))
+
+
+def gaussian_weighted_prior_expected(dims: int, variance: float, logsnr_0: float, logsnr_min: float,
+                                     weight_bias: float, points: int = 20_001) -> float:
+    "E[L_z] of a sigmoid(b − λ)-weighted prior for N(0, s²I) latents and the optimal denoiser (quadrature), nats."
+    lam = torch.linspace(logsnr_min, logsnr_0, points, dtype=torch.float64)
+    integrand = torch.sigmoid(weight_bias - lam) * torch.sigmoid(lam + math.log(variance))
+    alpha_sq = 1.0 / (1.0 + math.exp(-logsnr_min))
+    terminal = 0.5 * dims * (alpha_sq * variance - alpha_sq - math.log1p(-alpha_sq))  # as in the unweighted case
+    return 0.5 * dims * torch.trapezoid(integrand, lam).item() + terminal

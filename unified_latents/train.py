@@ -128,14 +128,17 @@ def evaluate(model: UnifiedLatents, images: Tensor, decode_steps: int, method: s
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
-    psnrs, bpps, reconstructions = [], [], []
+    psnrs, bpps, prior_bpps, reconstructions = [], [], [], []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
         reconstruction = model.reconstruct(x, decode_steps, method, generator=generator)
         psnrs.append(psnr_db(reconstruction, x).cpu())
-        bpps.append(torch.stack([model.loss(x, generator=generator).bits_per_pixel for _ in range(rate_draws)]).mean(0).cpu())
+        losses = [model.loss(x, generator=generator) for _ in range(rate_draws)]
+        bpps.append(torch.stack([out.bits_per_pixel for out in losses]).mean(0).cpu())
+        prior_bpps.append(torch.stack([out.prior_bits_per_pixel for out in losses]).mean(0).cpu())
         reconstructions.append(reconstruction.cpu())
     return {"psnr_db": torch.cat(psnrs).mean().item(), "bpp_latent": torch.cat(bpps).mean().item(),
+            "bpp_prior_elbo": torch.cat(prior_bpps).mean().item(),
             "reconstructions": torch.cat(reconstructions)}
 
 # %% ../nbs/14_train.ipynb #a5944cac
@@ -278,7 +281,8 @@ def _resume(state: LoopState, job: TrainingJob, context: DistributedContext, run
 
 # %% ../nbs/14_train.ipynb #1c061175
 def _to_device(noise, device: torch.device):
-    return dataclasses.replace(noise, **{f.name: getattr(noise, f.name).to(device) for f in dataclasses.fields(noise)})
+    return dataclasses.replace(noise, **{f.name: getattr(noise, f.name).to(device) for f in dataclasses.fields(noise)
+                                        if getattr(noise, f.name) is not None})
 
 
 def _train_step(state: LoopState, job: TrainingJob, context: DistributedContext, micro: int, autocast,
@@ -508,12 +512,14 @@ def stage_one_datasets(config: TrainConfig) -> dict[str, Dataset]:
 def _stage_one_summary(config: TrainConfig, ema: UnifiedLatents, result: dict, eval_images: int) -> dict:
     "What summary.json says of a stage-1 run: the held-out numbers, with their units, and the settings behind them."
     return {"psnr_db": result["eval_psnr_db"], "bpp_latent": result["eval_bpp"],
+            "bpp_prior_elbo": result["eval_bpp_prior_elbo"],
             "decode_steps": config.decode_steps, "decode_method": config.decode_method,
             "eval_images": eval_images, "loss_factor": config.loss_factor, "bias": config.bias,
             "logsnr_0": config.logsnr_0,
             "parameters": {k: v["parameters"] for k, v in model_summary(ema).items()},
             "units": {"psnr_db": "dB on images in [0, 1], held-out, after a diffusion decode from noise",
-                      "bpp_latent": "bits per image pixel, L_z upper bound on held-out images"}}
+                      "bpp_latent": "bits per image pixel, L_z upper bound on held-out images (an ablation's own rate)",
+                      "bpp_prior_elbo": "bits per image pixel, the unweighted diffusion prior's bound on the latent"}}
 
 # %% ../nbs/14_train.ipynb #8f4ac819
 def _stage_one_job(config: TrainConfig, context: DistributedContext) -> TrainingJob:
@@ -540,7 +546,7 @@ def _stage_one_job(config: TrainConfig, context: DistributedContext) -> Training
     def evaluate_ema(ema: UnifiedLatents) -> dict:
         result = evaluate(ema, heldout, config.decode_steps, config.decode_method, seed=config.seed)
         return {"eval_psnr_db": result["psnr_db"], "eval_bpp": result["bpp_latent"],
-                "reconstructions": result["reconstructions"]}
+                "eval_bpp_prior_elbo": result["bpp_prior_elbo"], "reconstructions": result["reconstructions"]}
 
     def evaluate_during(ema: UnifiedLatents) -> dict:
         # The curves' points during training: a quarter of the held-out patches (the same ones each time), so that
