@@ -42,7 +42,8 @@ setuptools.setup(
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
-    package_data={cfg["lib_path"]: ["assets/sweep/*"]},  # the explorer's trained sweep (float16 weights, table)
+    # the trained sweep and ablation grid (float16 weights, tables, sample grids) that the explorer and notebooks read
+    package_data={cfg["lib_path"]: ["assets/sweep/*", "assets/ablations/*"]},
     install_requires=requirements,
     extras_require={"dev": dev_requirements},
     python_requires=">=" + cfg["min_python"],

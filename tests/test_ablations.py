@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from unified_latents.ablations import VARIANTS
+from unified_latents.ablations import FIGURE_8_GRID, LOGSNR_0_PROBE, STAGE_TWO_VARIANTS, VARIANTS
 from unified_latents.cli import ablations_main, train_main
 from unified_latents.config import make_config
 from unified_latents.latent_cache import build_latent_cache, load_latent_cache
@@ -53,8 +53,8 @@ def test_ul_ablations_is_a_console_command_and_lists_the_grid():
     out = subprocess.run([sys.executable, "-c", "import sys; from unified_latents.cli import ablations_main; "
                           "sys.exit(ablations_main(['--dry_run']))"], capture_output=True, text=True, check=True)
     lines = out.stdout.splitlines()
-    assert lines[-1] == f"{2 * len(VARIANTS) + 15} stage-1 runs in runs/ablations"
-    assert sum("+ stage 2" in line for line in lines) == 2 * 6
+    assert lines[-1] == f"{2 * len(VARIANTS) + len(FIGURE_8_GRID) + len(LOGSNR_0_PROBE)} stage-1 runs in runs/ablations"
+    assert sum("+ stage 2" in line for line in lines) == 2 * len(STAGE_TWO_VARIANTS)
 
 
 def test_stop_gradient_sends_the_encoder_only_the_discounted_kl():
