@@ -5,7 +5,6 @@
 # %% ../nbs/19_ablations.ipynb #aacb632f
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -15,12 +14,12 @@ import pandas as pd
 import torch
 
 import unified_latents
-from .config import TrainConfig, config_from_fields, make_config
+from .config import make_config
 from .model import UnifiedLatents
 from .train import train
 from .run_folder import read_metrics
 from .base import make_base_config, train_base
-from .sweep import SWEEP_BASE
+from .sweep import SWEEP_BASE, load_shipped_model, ship_model
 from .data import photo_patches
 from .images import image_grid
 from .model import psnr_db
@@ -154,14 +153,11 @@ ASSETS = Path(unified_latents.__file__).parent / "assets" / "ablations"  # shipp
 
 def export_ablations(grid_dir: str | Path, dest: str | Path = ASSETS) -> Path:
     "Copy ablations.csv, each variant's seed-0 EMA weights (float16) and config, and its stage-2 samples into `dest`."
-    from unified_latents.run_folder import load_checkpoint
     grid_dir, dest = Path(grid_dir), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     table = pd.read_csv(grid_dir / "ablations.csv")
     for name in table[(table.group == "variant") & (table.seed == 0)].run:
-        checkpoint = load_checkpoint(grid_dir / name)
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["ema"].items()}
-        torch.save({"ema": weights, "config": checkpoint["config"]}, dest / f"{name}.pt")
+        ship_model(grid_dir / name, dest / f"{name}.pt")
         for file in ("samples.png", "prior_samples.png"):
             if (grid_dir / f"{name}-stage2" / file).exists():
                 shutil.copyfile(grid_dir / f"{name}-stage2" / file, dest / f"{name}_{file}")
@@ -175,13 +171,7 @@ def load_ablations(dest: str | Path = ASSETS) -> tuple[pd.DataFrame, dict[str, U
     if not (dest / "ablations.csv").exists():
         raise FileNotFoundError(f"no ablation results in {dest}; run run_ablations() then export_ablations(<its folder>).")
     table = pd.read_csv(dest / "ablations.csv")
-    models = {}
-    for path in sorted(dest.glob("*_s0.pt")):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = UnifiedLatents(config_from_fields(TrainConfig, saved["config"]))
-        model.load_state_dict({k: v.float() for k, v in saved["ema"].items()})
-        models[path.stem[:-3]] = model.eval()
-    return table, models
+    return table, {path.stem[:-3]: load_shipped_model(path) for path in sorted(dest.glob("*_s0.pt"))}
 
 
 def summarise_ablations(table: pd.DataFrame) -> pd.DataFrame:

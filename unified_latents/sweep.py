@@ -18,8 +18,8 @@ from .config import TrainConfig, config_from_fields, make_config
 from .train import train
 
 # %% auto #0
-__all__ = ['SWEEP_BASE', 'DEFAULT_GRID', 'PAPER_TABLE_2', 'ASSETS', 'point_name', 'run_sweep', 'plot_sweep', 'export_sweep',
-           'load_sweep']
+__all__ = ['SWEEP_BASE', 'DEFAULT_GRID', 'PAPER_TABLE_2', 'ASSETS', 'point_name', 'run_sweep', 'plot_sweep', 'ship_model',
+           'load_shipped_model', 'export_sweep', 'load_sweep']
 
 # %% ../nbs/18_sweep.ipynb #841922da
 SWEEP_BASE: dict = dict(encoder_channels=(16, 32, 64), decoder_channels=(16, 32, 64), prior_width=64, steps=600,
@@ -99,16 +99,29 @@ def plot_sweep(table: pd.DataFrame, paper: pd.DataFrame | None = None):
 ASSETS = Path(unified_latents.__file__).parent / "assets" / "sweep"  # shipped inside the package
 
 
+def ship_model(run_dir: str | Path, path: str | Path) -> None:
+    "Save a finished run's EMA weights (float16) and config to one file `path`: what the package ships per model."
+    from unified_latents.run_folder import load_checkpoint
+    checkpoint = load_checkpoint(run_dir)
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["ema"].items()}
+    torch.save({"ema": weights, "config": checkpoint["config"]}, path)
+
+
+def load_shipped_model(path: str | Path) -> UnifiedLatents:
+    "A model saved by `ship_model`: float32, on the CPU, in eval mode."
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = UnifiedLatents(config_from_fields(TrainConfig, saved["config"]))
+    model.load_state_dict({k: v.float() for k, v in saved["ema"].items()})
+    return model.eval()
+
+
 def export_sweep(sweep_dir: str | Path, dest: str | Path = ASSETS) -> Path:
     "Copy sweep.csv and every run's EMA weights (float16) and config into `dest`."
-    from unified_latents.run_folder import load_checkpoint
     sweep_dir, dest = Path(sweep_dir), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     table = pd.read_csv(sweep_dir / "sweep.csv")
     for name in table.run:
-        checkpoint = load_checkpoint(sweep_dir / name)
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint["ema"].items()}
-        torch.save({"ema": weights, "config": checkpoint["config"]}, dest / f"{name}.pt")
+        ship_model(sweep_dir / name, dest / f"{name}.pt")
     table.to_csv(dest / "sweep.csv", index=False)
     return dest
 
@@ -119,10 +132,4 @@ def load_sweep(dest: str | Path = ASSETS) -> tuple[pd.DataFrame, dict[str, Unifi
     if not (dest / "sweep.csv").exists():
         raise FileNotFoundError(f"no sweep results in {dest}; run run_sweep() then export_sweep(<its folder>).")
     table = pd.read_csv(dest / "sweep.csv")
-    models = {}
-    for name in table.run:
-        saved = torch.load(dest / f"{name}.pt", map_location="cpu", weights_only=True)
-        model = UnifiedLatents(config_from_fields(TrainConfig, saved["config"]))
-        model.load_state_dict({k: v.float() for k, v in saved["ema"].items()})
-        models[name] = model.eval()
-    return table, models
+    return table, {name: load_shipped_model(dest / f"{name}.pt") for name in table.run}
