@@ -20,9 +20,6 @@ from .train import train
 from .run_folder import read_metrics
 from .base import make_base_config, train_base
 from .sweep import SWEEP_BASE, load_shipped_model, ship_model
-from .data import photo_patches
-from .images import image_grid
-from .model import psnr_db
 from .noise import diffuse, to_eps
 
 # %% auto #0

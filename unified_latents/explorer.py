@@ -223,6 +223,10 @@ class _ExplorerStep3(_ExplorerStep2):
         "The model the controls point at and its row of held-out numbers (the sweep's; a variant's in step 5)."
         return self.models[self.run], self.table[self.table.run == self.run].iloc[0]
 
+    def _model_name(self) -> str:
+        "How the readout names the chosen model (step 5 names a variant)."
+        return "model"
+
 
 # %% ../nbs/21_explorer.ipynb #c80c8e68
 class _ExplorerStep4(_ExplorerStep3):
