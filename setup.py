@@ -42,8 +42,9 @@ setuptools.setup(
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
-    # the trained sweep and ablation grid (float16 weights, tables, sample grids) that the explorer and notebooks read
-    package_data={cfg["lib_path"]: ["assets/sweep/*", "assets/ablations/*"]},
+    # the trained sweep, ablation grid and video demo (float16 weights, tables, sample grids, example clips) that the
+    # explorers and notebooks read
+    package_data={cfg["lib_path"]: ["assets/sweep/*", "assets/ablations/*", "assets/video/*"]},
     install_requires=requirements,
     extras_require={"dev": dev_requirements},
     python_requires=">=" + cfg["min_python"],

@@ -45,6 +45,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXPLORER_NOTEBOOK = "nbs/tutorials/trade_off.ipynb"
+VIDEO_NOTEBOOK = "nbs/27_video_explorer.ipynb"  # its last widget: the clip scrubber of the shipped video demo
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 CHROMIUM = os.environ.get("UL_CHROMIUM", "/usr/bin/chromium")
@@ -77,9 +78,9 @@ def _missing_browser():
     return "; ".join(why) or None
 
 
-def _notebook():
+def _notebook(notebook=None):
     "(server root dir, notebook path relative to it, absolute notebook path)"
-    nb = Path(os.environ.get("UL_EXPLORER_NOTEBOOK") or EXPLORER_NOTEBOOK)
+    nb = Path(notebook or os.environ.get("UL_EXPLORER_NOTEBOOK") or EXPLORER_NOTEBOOK)
     path = (nb if nb.is_absolute() else REPO / nb).resolve()
     try:
         rel = path.relative_to(REPO)
@@ -170,9 +171,15 @@ def browser_ready():
 
 
 @pytest.fixture
-def jupyter_lab(tmp_path, browser_ready):
+def notebook():
+    "The notebook the browser opens (a test parametrizes `notebook` to open another one)."
+    return None  # EXPLORER_NOTEBOOK, or UL_EXPLORER_NOTEBOOK
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path, browser_ready, notebook):
     "A private JupyterLab serving the notebook's root; always stopped (process group) afterwards."
-    root, rel, path = _notebook()
+    root, rel, path = _notebook(notebook)
     if not path.is_file():
         pytest.fail(f"explorer notebook not found: {path} (EXPLORER_NOTEBOOK / UL_EXPLORER_NOTEBOOK)",
                     pytrace=False)
@@ -355,6 +362,64 @@ def test_explorer_slider_updates_readout_and_image(jupyter_lab, tmp_path):
                     except PWError:
                         pass
             raise
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize("notebook", [VIDEO_NOTEBOOK])
+def test_video_scrubber_steps_through_the_frames(jupyter_lab, tmp_path):
+    """The clip scrubber of the shipped video demo: the "frame" slider moved by a key press changes every row's
+    picture and the readout, which says whether the frame was given or generated."""
+    from playwright.sync_api import sync_playwright
+
+    lab = jupyter_lab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "video_scrubber.png"
+    shot.unlink(missing_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+            ctx.route(re.compile(r"^(?!(https?|wss?)://127\.0\.0\.1[:/]|blob:|data:)"), lambda r: r.abort())
+            page = ctx.new_page()
+            page.set_default_timeout(15_000)
+            diag = lambda: "notebook errors:\n" + (_notebook_errors(page) or "(none)") + "\nJupyterLab log:\n" + \
+                _tail(lab["log"], 25)
+            page.goto(f"{lab['base']}/lab/tree/{urllib.parse.quote(lab['rel'])}?token={lab['token']}&reset",
+                      wait_until="domcontentloaded", timeout=PAGE_TIMEOUT * 1000)
+            _wait_notebook_ready(page, diag)
+            _run_all(page)
+            slider = page.locator(".widget-slider, .jupyter-widget-slider, .widget-hslider").filter(
+                has=page.locator(".widget-label", has_text=re.compile(r"^\s*frame\s*$")))
+            handle = slider.locator(".noUi-handle").first
+            readout = page.locator(".ul-frame-readout").first
+            pictures = page.locator("img.ul-frame, .ul-frame img")
+
+            def rendered():
+                _raise_on_notebook_error(page)
+                return (handle.count() and readout.count() and pictures.count() == 4
+                        and "frame 1 of 16" in readout.inner_text()
+                        and all(pictures.nth(i).evaluate("i => i.complete && i.naturalWidth > 0") for i in range(4)))
+            _wait(rendered, RUN_TIMEOUT, "the scrubber (a 'frame' slider, .ul-frame-readout, four .ul-frame images)",
+                  diag, interval=0.5)
+            assert "given" in readout.inner_text()
+            sources = [pictures.nth(i).get_attribute("src") for i in range(4)]
+            digests = [_image_digest(pictures.nth(i)) for i in range(4)]
+            handle.scroll_into_view_if_needed()
+            handle.focus()
+            for _ in range(5):  # a person presses the right arrow five times: frame 6, after the 4 given ones
+                handle.press("ArrowRight")
+            _wait(lambda: "frame 6 of 16" in readout.inner_text(), UPDATE_TIMEOUT, "the readout to say frame 6",
+                  diag)
+            assert "generated" in readout.inner_text()
+            _wait(lambda: all(pictures.nth(i).get_attribute("src") != sources[i] for i in range(4)), UPDATE_TIMEOUT,
+                  "every row's picture to change", diag)
+            _wait(lambda: all(pictures.nth(i).evaluate("i => i.complete && i.naturalWidth > 0") for i in range(4)),
+                  10, "the new pictures to load", diag)
+            assert all(_image_digest(pictures.nth(i)) != digests[i] for i in range(3)), "a row shows the same frame"
+            slider.evaluate("e => (e.closest('.jp-OutputArea-output') || e).scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(shot), full_page=False)
         finally:
             browser.close()
 

@@ -34,7 +34,8 @@ from unified_latents.latent_cache import (
 
 # %% auto #0
 __all__ = ['BASE_PRESETS', 'ENCODER_RECORD', 'BaseConfig', 'validate_base_config', 'make_base_config', 'LatentNoise', 'BaseLoss',
-           'LatentDiffusion', 'generate', 'check_stage_one_encoder', 'train_base', 'load_base_run', 'write_samples']
+           'LatentDiffusion', 'generate', 'check_stage_one_encoder', 'train_base', 'run_stage_two', 'load_base_run',
+           'write_samples']
 
 # %% ../nbs/17_base.ipynb #f6db5201
 @dataclass
@@ -261,16 +262,25 @@ def train_base(config: BaseConfig, progress: bool = True) -> dict:
     stage1 = _finished_stage1(config.stage1_run)  # fails fast, before any process group
     if config.inception_weights:  # a missing weights file fails now, not after hours of training
         InceptionFeatures(config.inception_weights)
+    return run_stage_two(config, stage1, _stage_two_job, progress)
+
+
+def run_stage_two(config: BaseConfig, stage1: UnifiedLatents, make_job, progress: bool = True,
+                  load=load_run, datasets=stage_one_datasets) -> dict:
+    """Stage 2 on the frozen `stage1` model, one process or every rank under torchrun: the latent cache (built by rank 0
+    with `load` and `datasets`, the stage-1 run's loader and splits), then `fit` on `make_job(config, context, stage1,
+    cache_dir)`. Images and clips differ only in those three."""
     context = init_distributed(config.device)
     try:
         cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(config.stage1_run)
         if context.is_main:  # one process encodes; the others wait for the finished cache
             # before the cache: a run to resume must continue in the latent space it was trained in
             check_stage_one_encoder(config.out_dir, encoder_checksum(stage1), record=True)
-            build_latent_cache(config.stage1_run, cache_dir, device=str(context.device), progress=progress)
+            build_latent_cache(config.stage1_run, cache_dir, device=str(context.device), progress=progress, load=load,
+                               datasets=datasets)
         else:  # by polling the manifest, not in a collective that would time out during a long encode
             _wait_for_cache(cache_dir, encoder_checksum(stage1))
-        return fit(_stage_two_job(config, context, stage1, cache_dir), context, progress)
+        return fit(make_job(config, context, stage1, cache_dir), context, progress)
     finally:
         close_distributed(context)
 
@@ -363,8 +373,10 @@ def _final_generation(config: BaseConfig, ema: LatentDiffusion, stage1: UnifiedL
     return summary
 
 # %% ../nbs/17_base.ipynb #60ffd974
-def load_base_run(run_dir: str | Path, device: str = "auto") -> tuple[LatentDiffusion, "UnifiedLatents"]:
-    "The EMA base model of a stage-2 run folder and its stage-1 model, on `device`, in eval mode."
+def load_base_run(run_dir: str | Path, device: str = "auto", *, config_class: type = BaseConfig,
+                  load_stage1=load_run, build=LatentDiffusion) -> tuple[LatentDiffusion, "UnifiedLatents"]:
+    """The EMA base model of a stage-2 run folder and its stage-1 model, on `device`, in eval mode. A video run's
+    loader passes its own config class, stage-1 loader and base-model class."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise ValueError(f"{run_dir} is not a stage-2 run folder: it has no config.json (train one with ul_base).")
@@ -372,14 +384,19 @@ def load_base_run(run_dir: str | Path, device: str = "auto") -> tuple[LatentDiff
     if "stage1_run" not in fields:
         raise ValueError(f"{run_dir} is a stage-1 run, not a stage-2 run; train a base model on it with "
                          f"ul_base --stage1_run {run_dir}.")
-    config = config_from_fields(BaseConfig, fields)
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:
+        raise ValueError(f"{run_dir}/config.json has fields a {config_class.__name__} does not have ({', '.join(unknown)})"
+                         + (": it is a video run, load it with unified_latents.video_base.load_video_base_run"
+                            if "given_frames" in unknown else ""))
+    config = config_from_fields(config_class, fields)
     if not (Path(config.stage1_run) / "config.json").exists():  # a relative path from another folder:
         sibling = run_dir.parent / Path(config.stage1_run).name  # try the run beside this one (ul_demo's layout)
         if not (sibling / "config.json").exists():
             raise ValueError(f"the stage-1 run {config.stage1_run!r} named in {run_dir / 'config.json'} is neither a "
                              f"run folder from {Path.cwd()} nor beside {run_dir}; run from the folder you trained in.")
         config = dataclasses.replace(config, stage1_run=str(sibling))
-    stage1 = load_run(config.stage1_run, device)
+    stage1 = load_stage1(config.stage1_run, device)
     checksum = encoder_checksum(stage1)
     check_stage_one_encoder(run_dir, checksum)  # the record the run wrote when it started
     manifest = (Path(config.cache_dir) if config.cache_dir else default_cache_dir(config.stage1_run)) / "manifest.json"
@@ -390,7 +407,7 @@ def load_base_run(run_dir: str | Path, device: str = "auto") -> tuple[LatentDiff
     checkpoint = load_checkpoint(run_dir)
     if checkpoint is None:
         raise ValueError(f"{run_dir} has no readable checkpoint yet.")
-    base = LatentDiffusion(config, stage1.config)
+    base = build(config, stage1.config)
     base.load_state_dict(checkpoint["ema"])
     return base.to(next(stage1.parameters()).device).eval(), stage1
 

@@ -14,8 +14,8 @@ from .model import LEGACY_MODEL_FIELDS, ModelConfig
 from .nets import check_divisible
 
 # %% auto #0
-__all__ = ['PRESETS', 'RunConfig', 'TrainConfig', 'config_from_preset', 'config_from_fields', 'make_config', 'check_fields',
-           'is_device_name', 'validate_run_config', 'validate_config']
+__all__ = ['PRESETS', 'RunConfig', 'TrainConfig', 'config_from_preset', 'config_from_fields', 'make_config', 'refuse_field',
+           'check_fields', 'is_device_name', 'validate_run_config', 'validate_config', 'validate_model_config']
 
 # %% ../nbs/11_config.ipynb #7996f479
 @dataclass
@@ -104,11 +104,12 @@ _RUN_POSITIVE_INTS = ("steps", "batch_size", "grad_accumulation", "log_every", "
                       "keep_checkpoints")
 _POSITIVE_INTS = ("image_size", "image_channels", "latent_channels", "patch_size", "encoder_blocks", "prior_width",
                   "prior_heads", "decoder_blocks", "decoder_transformer_width", "decoder_heads",
-                  "pixel_base_resolution", "train_count", "decode_steps")
+                  "pixel_base_resolution")
 _NON_NEGATIVE = ("prior_depth", "decoder_transformer_depth")
 
 
-def _bad(config, key: str, accepted: str):
+def refuse_field(config, key: str, accepted: str):
+    "Raise the ValueError that names a config field, what it accepts, and the value it got."
     raise ValueError(f"{key} must be {accepted}; got {getattr(config, key)!r}.")
 
 
@@ -118,14 +119,14 @@ def check_fields(config, positive_ints: tuple[str, ...] = (), non_negative: tupl
     for key in positive_ints:
         value = getattr(config, key)
         if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            _bad(config, key, "a positive integer")
+            refuse_field(config, key, "a positive integer")
     for key in non_negative:
         value = getattr(config, key)
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
-            _bad(config, key, "a number ≥ 0")
+            refuse_field(config, key, "a number ≥ 0")
     for key in unit_interval:
         if not 0 <= getattr(config, key) < 1:
-            _bad(config, key, "in [0, 1)")
+            refuse_field(config, key, "in [0, 1)")
 
 
 def is_device_name(name: str) -> bool:
@@ -137,47 +138,53 @@ def validate_run_config(config: RunConfig) -> None:
     "Check the fields every run shares (RunConfig); raise a ValueError naming the first bad one."
     check_fields(config, _RUN_POSITIVE_INTS, ("warmup_steps", "eval_every", "weight_decay", "seed"), ("ema_decay",))
     if not (isinstance(config.lr, (int, float)) and 0 < config.lr < 1):
-        _bad(config, "lr", "a learning rate in (0, 1)")
+        refuse_field(config, "lr", "a learning rate in (0, 1)")
     if not 0 <= config.min_lr_ratio <= 1:
-        _bad(config, "min_lr_ratio", "in [0, 1]")
+        refuse_field(config, "min_lr_ratio", "in [0, 1]")
     if not config.grad_clip > 0:
-        _bad(config, "grad_clip", "> 0")
+        refuse_field(config, "grad_clip", "> 0")
     if not is_device_name(config.device):
-        _bad(config, "device", "auto, cpu, cuda or cuda:N")
+        refuse_field(config, "device", "auto, cpu, cuda or cuda:N")
     if not config.seed < 2**31:  # the per-step seeds, (seed · 1 000 003 + step) · 1024 + rank, must fit in int64
-        _bad(config, "seed", "an integer in [0, 2³¹)")
+        refuse_field(config, "seed", "an integer in [0, 2³¹)")
     if config.parallel not in ("ddp", "fsdp"):
-        _bad(config, "parallel", "ddp or fsdp")
+        refuse_field(config, "parallel", "ddp or fsdp")
 
 # %% ../nbs/11_config.ipynb #ed1ae871
 def validate_config(config: TrainConfig) -> None:
     "Raise a ValueError naming the first out-of-range field of a stage-1 `config` and what it accepts."
     validate_run_config(config)
+    validate_model_config(config)
+    check_fields(config, ("train_count", "decode_steps"))
+    if config.dataset not in ("photos", "cifar10", "mnist", "imagefolder"):
+        refuse_field(config, "dataset", "one of photos, cifar10, mnist, imagefolder")
+    if not isinstance(config.permute_colours, bool):
+        refuse_field(config, "permute_colours", "true or false")
+    if config.permute_colours and config.image_channels != 3:
+        refuse_field(config, "permute_colours", "false for images that are not RGB (image_channels = 3)")
+    if config.decode_method not in ("ddim", "ancestral"):
+        refuse_field(config, "decode_method", "ddim or ancestral")
+
+
+def validate_model_config(config: ModelConfig) -> None:
+    "The model's fields (ModelConfig, for images or clips): raise a ValueError naming the first bad one."
     check_fields(config, _POSITIVE_INTS, _NON_NEGATIVE, ("prior_dropout", "decoder_dropout"))
     for key in ("encoder_channels", "decoder_channels"):
         value = getattr(config, key)
         if not (isinstance(value, (tuple, list)) and value and all(isinstance(c, int) and c > 0 for c in value)):
-            _bad(config, key, "a non-empty list of positive integers, e.g. 32,64,128")
+            refuse_field(config, key, "a non-empty list of positive integers, e.g. 32,64,128")
     if not config.loss_factor > 0 or not math.isfinite(config.loss_factor):
-        _bad(config, "loss_factor", "a finite number > 0 (the paper uses 1.3-2.1)")
+        refuse_field(config, "loss_factor", "a finite number > 0 (the paper uses 1.3-2.1)")
     if math.isnan(config.bias) or config.bias == -math.inf:
-        _bad(config, "bias", "a finite number or inf")
+        refuse_field(config, "bias", "a finite number or inf")
     if not 0 <= config.logsnr_0 <= 20:
-        _bad(config, "logsnr_0", "in [0, 20] (the paper uses 5)")
-    if config.dataset not in ("photos", "cifar10", "mnist", "imagefolder"):
-        _bad(config, "dataset", "one of photos, cifar10, mnist, imagefolder")
+        refuse_field(config, "logsnr_0", "in [0, 20] (the paper uses 5)")
     if config.norm not in ("pixel", "group"):
-        _bad(config, "norm", "pixel or group")
+        refuse_field(config, "norm", "pixel or group")
     if config.prior_positions not in ("conv", "learned"):
-        _bad(config, "prior_positions", "conv or learned")
+        refuse_field(config, "prior_positions", "conv or learned")
     if config.parameterization not in ("eps", "x", "v"):
-        _bad(config, "parameterization", "one of eps, x, v")
-    if not isinstance(config.permute_colours, bool):
-        _bad(config, "permute_colours", "true or false")
-    if config.permute_colours and config.image_channels != 3:
-        _bad(config, "permute_colours", "false for images that are not RGB (image_channels = 3)")
-    if config.decode_method not in ("ddim", "ancestral"):
-        _bad(config, "decode_method", "ddim or ancestral")
+        refuse_field(config, "parameterization", "one of eps, x, v")
     _validate_ablations(config)
     check_divisible((config.image_size, config.image_size), config.downsampling, "encoder")
 
@@ -185,16 +192,16 @@ def validate_config(config: TrainConfig) -> None:
 def _validate_ablations(config: ModelConfig) -> None:
     "The ablation switches: known values, and only the combinations the notebook 'Why each pillar' defines."
     if config.decoder_kind not in ("diffusion", "mse"):
-        _bad(config, "decoder_kind", "diffusion or mse")
+        refuse_field(config, "decoder_kind", "diffusion or mse")
     if config.prior_kind not in ("diffusion", "normal", "stop_gradient"):
-        _bad(config, "prior_kind", "diffusion, normal or stop_gradient")
+        refuse_field(config, "prior_kind", "diffusion, normal or stop_gradient")
     if not (isinstance(config.normal_kl_weight, (int, float)) and 0 <= config.normal_kl_weight < math.inf):
-        _bad(config, "normal_kl_weight", "a finite number ≥ 0")
+        refuse_field(config, "normal_kl_weight", "a finite number ≥ 0")
     if not isinstance(config.prior_weight_bias, (int, float)) or math.isnan(config.prior_weight_bias) \
             or config.prior_weight_bias == -math.inf:
-        _bad(config, "prior_weight_bias", "a finite number, or inf for the unweighted prior of pillar 2")
+        refuse_field(config, "prior_weight_bias", "a finite number, or inf for the unweighted prior of pillar 2")
     if not isinstance(config.learned_variance, bool):
-        _bad(config, "learned_variance", "true or false")
+        refuse_field(config, "learned_variance", "true or false")
     if config.prior_kind != "diffusion" and (config.learned_variance or config.prior_weight_bias != math.inf):
         raise ValueError(f"prior_kind={config.prior_kind!r} takes neither learned_variance nor a finite "
                          f"prior_weight_bias (both change the diffusion prior's term); set prior_kind to diffusion.")

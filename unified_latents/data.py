@@ -54,11 +54,13 @@ def to_unit_range(images: Tensor) -> Tensor:
 
 
 class TensorImages(Dataset):
-    "Images held in memory as (N, C, H, W) uint8 (or float in [-1, 1]); items are float32 (C, H, W) in [-1, 1]."
+    """Images held in memory as (N, C, H, W) uint8 (or float in [-1, 1]) — or clips, (N, C, T, H, W); items are
+    float32 (C, H, W) (or (C, T, H, W)) in [-1, 1]."""
 
     def __init__(self, images: Tensor):
-        if not isinstance(images, Tensor) or images.ndim != 4:
-            raise ValueError(f"images must be a (N, C, H, W) tensor; got {getattr(images, 'shape', type(images))}.")
+        if not isinstance(images, Tensor) or images.ndim not in (4, 5):
+            raise ValueError(f"images must be a (N, C, H, W) tensor (or (N, C, T, H, W) clips); got "
+                             f"{getattr(images, 'shape', type(images))}.")
         if images.dtype != torch.uint8 and not (images.is_floating_point() and images.abs().max() <= 1):
             raise ValueError(f"images must be uint8 (0…255) or floating point in [-1, 1]; got {images.dtype}.")
         self.images, self.channels, self.image_size = images, images.shape[1], images.shape[-1]

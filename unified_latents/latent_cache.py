@@ -9,6 +9,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -104,11 +105,13 @@ def _encode_split(model: UnifiedLatents, split: str, dataset, cache_dir: Path, m
 # %% ../nbs/16_latent_cache.ipynb #acc157da
 @torch.no_grad()
 def build_latent_cache(stage1_run: str | Path, cache_dir: str | Path | None = None, shard_size: int = 4096,
-                       batch_size: int = 256, device: str = "auto", progress: bool = True) -> Path:
-    "Encode the stage-1 run's train and held-out images into a sharded, checksummed cache (resumes if interrupted)."
+                       batch_size: int = 256, device: str = "auto", progress: bool = True,
+                       load: Callable = load_run, datasets: Callable = stage_one_datasets) -> Path:
+    """Encode the stage-1 run's train and held-out images into a sharded, checksummed cache (resumes if interrupted).
+    `load(run, device)` reads the run's model and `datasets(config)` names its splits: a video run passes its own."""
     if not (isinstance(shard_size, int) and shard_size > 0):
         raise ValueError(f"shard_size must be a positive integer; got {shard_size!r}.")
-    model = load_run(stage1_run, device)
+    model = load(stage1_run, device)
     checksum = encoder_checksum(model)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(stage1_run)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -132,9 +135,9 @@ def build_latent_cache(stage1_run: str | Path, cache_dir: str | Path | None = No
         config = json.loads((Path(stage1_run) / "config.json").read_text())
         manifest = {"version": CACHE_VERSION, "stage1_run": str(Path(stage1_run).resolve()), "encoder_sha256": checksum,
                     "stage1_config": config, "complete": False, "splits": {}, "shards": {}}
-    for split, dataset in stage_one_datasets(model.config).items():
+    for split, dataset in datasets(model.config).items():
         _encode_split(model, split, dataset, cache_dir, manifest, shard_size, batch_size, progress)
-    manifest["latent_shape"] = [model.config.latent_channels, model.config.latent_size, model.config.latent_size]
+    manifest["latent_shape"] = [model.config.latent_channels, *model.config.latent_grid]
     manifest["complete"] = True
     atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     return cache_dir

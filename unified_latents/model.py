@@ -69,6 +69,21 @@ class ModelConfig:
         "Side of the latent grid of a training image."
         return self.image_size // self.downsampling
 
+    @property
+    def data_size(self) -> tuple[int, ...]:
+        "The size of one training example after its channels: (H, W) of an image (a clip's config adds T)."
+        return (self.image_size, self.image_size)
+
+    @property
+    def downsampling_factors(self) -> tuple[int, ...]:
+        "The encoder's downsampling along each axis of `data_size`."
+        return (self.downsampling, self.downsampling)
+
+    @property
+    def latent_grid(self) -> tuple[int, ...]:
+        "The latent's size after its channels for a training example: (h, w) (a clip's: (t, h, w))."
+        return tuple(side // factor for side, factor in zip(self.data_size, self.downsampling_factors))
+
 
 # Fields added after models were first saved, with the value a model saved without them was built with.
 LEGACY_MODEL_FIELDS: dict[str, object] = {"prior_positions": "learned", "norm": "group"}
@@ -112,19 +127,23 @@ class _UnifiedLatentsStep1(nn.Module):
         check_parameterization(config.parameterization)
         check_divisible((config.image_size, config.image_size), config.downsampling, "encoder")
         self.config = config
-        outputs = config.latent_channels * (2 if config.learned_variance else 1)  # mean, and log-ratio r if learned
-        self.encoder = Encoder(config.image_channels, tuple(config.encoder_channels), config.encoder_blocks,
-                               outputs, config.patch_size, config.norm)
-        self.prior = LatentPrior(config.latent_channels, config.latent_size, config.prior_width, config.prior_depth,
-                                 config.prior_heads, dropout=config.prior_dropout, positions=config.prior_positions)
-        self.decoder = Decoder(config.image_channels, config.latent_channels, tuple(config.decoder_channels),
-                               config.decoder_blocks, config.decoder_transformer_depth,
-                               config.decoder_transformer_width, config.decoder_heads, config.decoder_dropout,
-                               config.patch_size, config.norm)
+        self.encoder, self.prior, self.decoder = self.build_networks(config)
         self.latent_schedule = latent_schedule(config.logsnr_0, config.latent_logsnr_min, "linear")
         check_prior_aligned(self.latent_schedule, config.logsnr_0)  # pillar 2 holds by construction
         self.pixel_schedule = pixel_schedule(config.image_size, config.pixel_base_resolution,
                                              config.pixel_logsnr_min, config.pixel_logsnr_max)
+
+    def build_networks(self, config: ModelConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
+        "The encoder, prior and decoder for images (the video model of a later notebook builds space–time ones)."
+        outputs = config.latent_channels * (2 if config.learned_variance else 1)  # mean, and log-ratio r if learned
+        encoder = Encoder(config.image_channels, tuple(config.encoder_channels), config.encoder_blocks,
+                          outputs, config.patch_size, config.norm)
+        prior = LatentPrior(config.latent_channels, config.latent_size, config.prior_width, config.prior_depth,
+                            config.prior_heads, dropout=config.prior_dropout, positions=config.prior_positions)
+        decoder = Decoder(config.image_channels, config.latent_channels, tuple(config.decoder_channels),
+                          config.decoder_blocks, config.decoder_transformer_depth, config.decoder_transformer_width,
+                          config.decoder_heads, config.decoder_dropout, config.patch_size, config.norm)
+        return encoder, prior, decoder
 
     def encode(self, x: Tensor) -> Tensor:
         "z_clean = E(x), the deterministic latent (B, c, h, w); a learned-variance encoder's mean μ."
@@ -149,13 +168,12 @@ class _UnifiedLatentsStep2(_UnifiedLatentsStep1):
     "UnifiedLatents, step 2: the randomness of one training step, and each pillar's term (with its ablations)."
 
     def draw_noise(self, batch: int, generator: torch.Generator | None = None,
-                   device: torch.device | str | None = None, size: tuple[int, int] | None = None) -> StageOneNoise:
-        "All the randomness of one stage-1 loss evaluation for a batch of images of `size` (default: the training size)."
+                   device: torch.device | str | None = None, size: tuple[int, ...] | None = None) -> StageOneNoise:
+        "All the randomness of one stage-1 loss evaluation for a batch of images of `size` (H, W) (default: the training size)."
         c = self.config
-        height, width = size or (c.image_size, c.image_size)
-        f = c.downsampling
-        latent = (batch, c.latent_channels, height // f, width // f)
-        image = (batch, c.image_channels, height, width)
+        size = tuple(size or c.data_size)
+        latent = (batch, c.latent_channels, *(side // f for side, f in zip(size, c.downsampling_factors)))
+        image = (batch, c.image_channels, *size)
         noise = StageOneNoise(eps_latent=torch.randn(latent, generator=generator, device=device),
                               t_prior=sample_time(batch, generator=generator, device=device),
                               eps_prior=torch.randn(latent, generator=generator, device=device),
@@ -212,14 +230,14 @@ class _UnifiedLatentsStep4(_UnifiedLatentsStep3):
         "The stage-1 loss L_z + L_x on a batch of images in [−1, 1] (B, C, H, W), any multiple of the downsampling."
         self._check_images(x)
         if noise is None:
-            noise = self.draw_noise(x.shape[0], generator, x.device, tuple(x.shape[-2:]))
+            noise = self.draw_noise(x.shape[0], generator, x.device, tuple(x.shape[2:]))
         eps_variance = None if noise.eps_variance is None else noise.eps_variance.to(x.dtype)
         z_clean, bonus = self.prior_latent(x, eps=eps_variance)
         z_0, _ = add_fixed_noise(z_clean, self.config.logsnr_0, eps=noise.eps_latent.to(z_clean.dtype))
         rate, reported, honest = self._rate(z_clean, bonus, noise)
         distortion, decoder_logsnr = self._distortion(x, z_0, noise)
         total = (rate + distortion).mean() / x[0].numel()
-        to_bpp = lambda nats: nats_to_bits_per_pixel(nats.detach(), tuple(x.shape[-2:]))
+        to_bpp = lambda nats: self.to_bits_per_pixel(nats.detach(), tuple(x.shape[2:]))
         return StageOneLoss(total=total, prior_nats=reported.detach(), bits_per_pixel=to_bpp(reported),
                             decoder=distortion.detach(), prior_logsnr=self.latent_schedule(noise.t_prior.float()),
                             decoder_logsnr=decoder_logsnr.detach(), prior_bits_per_pixel=to_bpp(honest))
@@ -228,6 +246,10 @@ class _UnifiedLatentsStep4(_UnifiedLatentsStep3):
                 noise: StageOneNoise | None = None) -> StageOneLoss:
         "Same as `loss`: the call DistributedDataParallel wraps."
         return self.loss(x, generator, noise)
+
+    def to_bits_per_pixel(self, nats: Tensor, size: tuple[int, ...]) -> Tensor:
+        "A rate in nats per example → bits per image pixel, for examples of `size` (H, W)."
+        return nats_to_bits_per_pixel(nats, size)
 
     def _check_images(self, x: Tensor) -> None:
         c = self.config
@@ -248,8 +270,8 @@ class UnifiedLatents(_UnifiedLatentsStep4):
                progress: bool = False, temperature: float = 1.0) -> Tensor:
         """Images in [−1, 1] from noisy latents z_0 by a diffusion decode from pure noise (`steps` network calls);
         `temperature` < 1 scales that noise down (0: a deterministic decode near the posterior mean, softer)."""
-        f = self.config.downsampling
-        shape = (z_0.shape[0], self.config.image_channels, z_0.shape[-2] * f, z_0.shape[-1] * f)
+        c = self.config
+        shape = (z_0.shape[0], c.image_channels, *(side * f for side, f in zip(z_0.shape[2:], c.downsampling_factors)))
         if self.config.decoder_kind == "mse":  # deterministic: one call, whatever steps and temperature
             return self._deterministic_decode(z_0, shape).clamp(-1, 1)
         return sample(lambda x_t, logsnr: self.decoder(x_t, logsnr, z_0), shape, self.pixel_schedule, steps,
@@ -267,13 +289,13 @@ class UnifiedLatents(_UnifiedLatentsStep4):
     @torch.no_grad()
     def sample_latents(self, count: int, steps: int = 32, method: str = "ddim",
                        generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                       latent_size: tuple[int, int] | None = None) -> Tensor:
+                       latent_size: tuple[int, ...] | None = None) -> Tensor:
         "Noisy latents z_0 from the prior: sampled down to λ0 and stopped there (default size: the training latent's)."
         c = self.config
-        height, width = latent_size or (c.latent_size, c.latent_size)
+        shape = (count, c.latent_channels, *(latent_size or c.latent_grid))
         if c.prior_kind == "normal":  # a VAE's prior: z_0 ~ N(0, I)
-            return torch.randn((count, c.latent_channels, height, width), generator=generator, device=device)
-        return sample(self.prior, (count, c.latent_channels, height, width), self.latent_schedule,
+            return torch.randn(shape, generator=generator, device=device)
+        return sample(self.prior, shape, self.latent_schedule,
                       steps, method=method, parameterization=c.parameterization, return_noisy=True,
                       generator=generator, device=device)
 
@@ -297,11 +319,11 @@ def bin_by_logsnr(values: Tensor, logsnr: Tensor, edges: Tensor) -> tuple[Tensor
 
 
 def model_summary(model: UnifiedLatents, batch: int = 1) -> dict[str, dict[str, float]]:
-    "Parameters and training FLOPs per image (3 × forward, linear + conv + attention) for each component."
+    "Parameters and training FLOPs per training example — an image, or a clip — (3 × forward, linear + conv + attention) for each component."
     c = model.config
     device = next(model.parameters()).device
-    x = torch.zeros(batch, c.image_channels, c.image_size, c.image_size, device=device)
-    z = torch.zeros(batch, c.latent_channels, c.latent_size, c.latent_size, device=device)
+    x = torch.zeros(batch, c.image_channels, *c.data_size, device=device)
+    z = torch.zeros(batch, c.latent_channels, *c.latent_grid, device=device)
     lam = torch.zeros(batch, device=device)
     parts = {"encoder": (model.encoder, (x,)), "prior": (model.prior, (z, lam)), "decoder": (model.decoder, (x, lam, z))}
     summary = {name: {"parameters": count_parameters(module), "train_flops_per_image": 3 * count_flops(module, *inputs) / batch}

@@ -40,7 +40,7 @@ NORMS: tuple[str, ...] = ("pixel", "group")
 
 
 class ChannelNorm(nn.Module):
-    "LayerNorm across the channels of each position (B, C, H, W): a pixel's output depends on that pixel only."
+    "LayerNorm across the channels of each position (B, C, H, W), or (B, C, T, H, W) of a clip: a pixel's output depends on that pixel only."
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
@@ -49,8 +49,8 @@ class ChannelNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
-        return h.permute(0, 3, 1, 2)
+        h = F.layer_norm(x.movedim(1, -1), x.shape[1:2], self.weight, self.bias, self.eps)
+        return h.movedim(-1, 1)
 
 
 def make_norm(channels: int, kind: str = "pixel") -> nn.Module:

@@ -22,8 +22,9 @@ from .distributed import resolve_device
 from .model import UnifiedLatents
 
 # %% auto #0
-__all__ = ['RESUMABLE_CHANGES', 'atomic_write', 'torch_save', 'checkpoint_files', 'save_checkpoint', 'load_checkpoint',
-           'set_aside_later_checkpoints', 'run_lock', 'read_metrics', 'cut_metrics', 'prepare_run_folder', 'load_run']
+__all__ = ['RESUMABLE_CHANGES', 'VIDEO_RUN_FIELDS', 'atomic_write', 'torch_save', 'checkpoint_files', 'save_checkpoint',
+           'load_checkpoint', 'set_aside_later_checkpoints', 'run_lock', 'read_metrics', 'cut_metrics',
+           'prepare_run_folder', 'load_run', 'load_stage_one_run']
 
 # %% ../nbs/13_run_folder.ipynb #6a4071ef
 def _umask() -> int:
@@ -203,6 +204,14 @@ def prepare_run_folder(run_dir: Path, resolved: dict) -> None:
 # %% ../nbs/13_run_folder.ipynb #b99b3f71
 def load_run(run_dir: str | Path, device: str = "auto") -> UnifiedLatents:
     "The EMA model of a finished or running run folder, on `device`, in eval mode."
+    return load_stage_one_run(run_dir, device, TrainConfig, UnifiedLatents)
+
+
+VIDEO_RUN_FIELDS: tuple[str, ...] = ("frames", "temporal_downsampling")  # what marks a run folder as a video run
+
+
+def load_stage_one_run(run_dir: str | Path, device: str, config_class: type, model_class: type) -> UnifiedLatents:
+    "The EMA model of a stage-1 run folder written with `config_class`, built as `model_class` (images or clips)."
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise ValueError(f"{run_dir} is not a run folder: it has no config.json (train one with ul_train).")
@@ -210,15 +219,19 @@ def load_run(run_dir: str | Path, device: str = "auto") -> UnifiedLatents:
     if "stage1_run" in fields:
         raise ValueError(f"{run_dir} is a stage-2 run (a base model); this needs a stage-1 run, such as the one it "
                          f"was trained on: {fields['stage1_run']}.")
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(TrainConfig)})
+    video_run = all(name in fields for name in VIDEO_RUN_FIELDS)
+    if video_run != all(name in {f.name for f in dataclasses.fields(config_class)} for name in VIDEO_RUN_FIELDS):
+        raise ValueError(f"{run_dir} is {'a video' if video_run else 'an image'} run: load it with "
+                         f"{'unified_latents.video_model.load_video_run' if video_run else 'load_run'}.")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(config_class)})
     if unknown:
         raise ValueError(f"{run_dir}/config.json has fields this version does not know ({', '.join(unknown)}): it was "
                          f"written by another version of unified_latents or by another program.")
-    config = config_from_fields(TrainConfig, fields)
+    config = config_from_fields(config_class, fields)
     checkpoint = load_checkpoint(run_dir)
     if checkpoint is None:
         raise ValueError(f"{run_dir} has no readable checkpoint yet.")
-    model = UnifiedLatents(config)
+    model = model_class(config)
     model.load_state_dict(checkpoint["ema"])
     return model.to(resolve_device(device)).eval()
 

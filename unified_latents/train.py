@@ -42,7 +42,7 @@ from unified_latents.run_folder import (
 # %% auto #0
 __all__ = ['STOP_SIGNALS', 'LOGSNR_BIN_EDGES', 'lr_factor', 'update_ema', 'TrainingStopped', 'StopRequests', 'evaluate',
            'TrainingJob', 'LoggedSums', 'LoopState', 'agreed_stop', 'fit', 'train', 'stage_one_datasets',
-           'save_figures']
+           'save_figures', 'save_curves']
 
 # %% ../nbs/14_train.ipynb #3a30d5b1
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -155,7 +155,7 @@ class TrainingJob:
     binned: Callable[[object], tuple[Tensor, Tensor]]  # loss object → (loss (B,), λ (B,)) for the by-λ table
     evaluate: Callable[[torch.nn.Module], dict]  # rank 0, the full EMA model → {eval_name: float, …}
     finish: Callable[[torch.nn.Module, dict, Path], dict]  # rank 0: last evaluation → summary entries, figures
-    channels_last: bool = False  # batches and model in NHWC memory layout (image batches only)
+    channels_last: bool = False  # batches and model channels-last in memory: NHWC for images, NDHWC for clips
     # The evaluations every eval_every steps, if cheaper than the last one (e.g. on fewer examples); None: `evaluate`.
     evaluate_during: Callable[[torch.nn.Module], dict] | None = None
 
@@ -245,7 +245,8 @@ def _build_state(job: TrainingJob, context: DistributedContext) -> LoopState:
     model = job.build().to(device)
     sharded = context.world_size > 1 and config.parallel == "fsdp"
     if job.channels_last and not sharded:  # FSDP2 shards only contiguous (NCHW) parameters
-        model = model.to(memory_format=torch.channels_last)
+        video = any(p.ndim == 5 for p in model.parameters())  # 3-D convolutions: their channels-last layout
+        model = model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     if sharded:
         mixed = device.type == "cuda" and config.bf16
@@ -302,8 +303,8 @@ def _train_step(state: LoopState, job: TrainingJob, context: DistributedContext,
         first = (context.rank * config.grad_accumulation + k) * micro
         part = slice(first, first + micro)
         x = job.get_batch(indices[part]).to(device, non_blocking=True)
-        if job.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if job.channels_last and x.ndim in (4, 5):
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         last = k == config.grad_accumulation - 1
         if state.sharded:  # reduce-scatter only after the last micro-batch
             state.model.set_requires_gradient_sync(last)
@@ -570,13 +571,19 @@ def _stage_one_job(config: TrainConfig, context: DistributedContext) -> Training
 # %% ../nbs/14_train.ipynb #6d33cbf3
 def save_figures(run_dir: Path, originals: Tensor, reconstructions: Tensor, count: int = 12) -> None:
     "Write reconstructions.png and curves.png into the run folder."
-    from matplotlib.figure import Figure  # no pyplot: works headless and leaves a notebook's backend alone
     from matplotlib.image import imsave
     run_dir = Path(run_dir)
     grid = image_grid([originals[:count], reconstructions[:count]])
     scale = max(1, 96 // originals.shape[-1])  # small images are enlarged (nearest neighbour) to be visible
     grid = grid.repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)
     imsave(run_dir / "reconstructions.png", grid.numpy())
+    save_curves(run_dir)
+
+
+def save_curves(run_dir: Path) -> None:
+    "Write curves.png — training loss, rate and held-out PSNR over the steps — from the run folder's metrics.jsonl."
+    from matplotlib.figure import Figure  # no pyplot: works headless and leaves a notebook's backend alone
+    run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     train_records = [r for r in records if "loss" in r]
     eval_records = [r for r in records if "eval_psnr_db" in r]
