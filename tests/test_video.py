@@ -112,7 +112,12 @@ def test_continuations_keep_the_given_frames_and_follow_them(smoke_runs):
 
 def test_the_stage_two_summary_measures_continuations_beside_the_baseline(smoke_runs):
     summary = json.loads((smoke_runs / "s2" / "summary.json").read_text())
-    assert set(summary["scores"]) == {"base", "copy_last_frame", "real"}
+    assert set(summary["scores"]) == {"base", "copy_last_frame", "real", "base_minus_copy_last_frame"}
+    paired = summary["scores"]["base_minus_copy_last_frame"]
+    assert paired["clips"] == summary["continued_clips"] and 0 <= paired["fraction_closer"] <= 1
+    # the paired mean is the difference of the two means (the same clips, the same frames)
+    means = {name: summary["scores"][name]["centroid_error_px"] for name in ("base", "copy_last_frame")}
+    assert abs(paired["mean_px"] - (means["base"] - means["copy_last_frame"])) < 1e-4
     for name in ("base", "copy_last_frame", "real"):
         scores = summary["scores"][name]
         assert len(scores["centroid_error_px_per_frame"]) == summary["generated_frames"] == 2

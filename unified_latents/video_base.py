@@ -28,7 +28,7 @@ from unified_latents.video_model import (
     VideoTrainConfig, VideoUnifiedLatents, frame_psnr_db, load_video_run, video_stage_one_datasets,
 )
 from unified_latents.video_metrics import (
-    continuation_scores, copy_last_frame, reference_scores, train_clip_feature_net,
+    continuation_scores, copy_last_frame, paired_centroid_difference, reference_scores, train_clip_feature_net,
 )
 
 # %% auto #0
@@ -42,6 +42,8 @@ class VideoBaseConfig(BaseConfig):
     given_frames: int = 4  # frames a continuation starts from: a multiple of the stage-1 temporal downsampling
     parameterization: str = "x"  # x̂ = the last given latent frame + a predicted change (see below)
     patch_size: int = 1  # each token of the base model holds a patch_size × patch_size square of latent positions
+    sample_method: str = "ancestral"  # the base model's sampler: ancestral (fresh noise each step) or ddim
+    decode_temperature: float = 0.0  # the decoder's starting noise for continuations: 0 = its mean decode
     feature_net_steps: int = 300  # training steps of the clip feature network the measurements use (digits only)
 
 
@@ -49,7 +51,7 @@ VIDEO_BASE_PRESETS: dict[str, dict] = {
     "video-demo": dict(stage1_run="runs/video-demo", out_dir="runs/video-demo-stage2", widths=(128,), depths=(4,),
                        heads=4, patch_size=2, bias=-6.0, steps=1200, batch_size=32, lr=1e-3, warmup_steps=50,
                        checkpoint_every=300, log_every=50, eval_count=32, sample_steps=32, decode_steps=32,
-                       sample_count=64, given_frames=4, channels_last=False),
+                       sample_count=128, given_frames=4, channels_last=False),
     "video-smoke": dict(stage1_run="runs/video-smoke", out_dir="runs/video-smoke-stage2", widths=(16,), depths=(1,),
                         steps=6, batch_size=4, warmup_steps=2, log_every=2, checkpoint_every=3, eval_count=4,
                         sample_steps=2, decode_steps=2, sample_count=4, given_frames=2, feature_net_steps=5,
@@ -70,6 +72,12 @@ def validate_video_base_config(config: VideoBaseConfig, stage1: VideoTrainConfig
     if len(config.widths) != 1:
         raise ValueError(f"widths and depths must have one entry each for a video base model (one level of blocks); "
                          f"got widths {config.widths} and depths {config.depths}.")
+    if isinstance(config.decode_temperature, bool) or not isinstance(config.decode_temperature, (int, float)) \
+            or not 0 <= config.decode_temperature <= 1:
+        raise ValueError(f"decode_temperature must be a number in [0, 1] (1: a sample, 0: from the mean); got "
+                         f"{config.decode_temperature!r}.")
+    if config.sample_method not in ("ancestral", "ddim"):
+        raise ValueError(f"sample_method must be 'ancestral' or 'ddim'; got {config.sample_method!r}.")
     for key in ("given_frames", "feature_net_steps", "patch_size"):
         value = getattr(config, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -145,7 +153,7 @@ class VideoLatentDiffusion(nn.Module):
         return nats_as_bpp / (c.frames - self.config.given_frames)
 
     @torch.no_grad()
-    def sample(self, given: Tensor, steps: int = 32, method: str = "ddim",
+    def sample(self, given: Tensor, steps: int = 32, method: str = "ancestral",
                generator: torch.Generator | None = None) -> Tensor:
         "Noisy latents z_0 (B, c, t − m, h, w) of the frames after `given` (B, c, m, h, w): sampled down to λ0, stopped."
         return sample(lambda z, logsnr: self.denoise(z, logsnr, given), (given.shape[0], *self.latent_shape),
@@ -155,10 +163,11 @@ class VideoLatentDiffusion(nn.Module):
 # %% ../nbs/26_video_base.ipynb #689d7074
 @torch.no_grad()
 def continue_clips(base: VideoLatentDiffusion, stage1: VideoUnifiedLatents, clips: Tensor, sample_steps: int = 32,
-                   decode_steps: int = 32, method: str = "ddim", generator: torch.Generator | None = None,
-                   batch_size: int = 16) -> Tensor:
+                   decode_steps: int = 32, method: str | None = None, generator: torch.Generator | None = None,
+                   batch_size: int = 16, temperature: float | None = None) -> Tensor:
     """Continuations (N, C, T, H, W) of clips in [−1, 1]: their first `given_frames` frames as they are, the others
-    generated — the given frames' latents → the base model to λ0 → the decoder, from noise."""
+    generated — the given frames' latents → the base model to λ0 (with `method`, by default the config's
+    sample_method) → the decoder (DDIM, as stage 1 decodes; at `temperature`, by default the config's)."""
     c, given_frames = stage1.config, base.config.given_frames
     if clips.ndim != 5 or tuple(clips.shape[1:]) != (c.image_channels, *c.data_size):
         raise ValueError(f"clips must have shape (N, {c.image_channels}, {c.frames}, {c.image_size}, {c.image_size}) "
@@ -168,9 +177,10 @@ def continue_clips(base: VideoLatentDiffusion, stage1: VideoUnifiedLatents, clip
     for start in range(0, len(clips), batch_size):
         given = clips[start:start + batch_size, :, :given_frames].to(device)
         z_given = stage1.prior_latent(given)[0]  # causal: exactly these frames' latents in the whole clip
-        z_rest = base.sample(z_given, sample_steps, method, generator)
+        z_rest = base.sample(z_given, sample_steps, method or base.config.sample_method, generator)
         z_0 = torch.cat([add_fixed_noise(z_given, c.logsnr_0, generator=generator)[0], z_rest], dim=2)
-        decoded = stage1.decode(z_0, decode_steps, method, generator)
+        decoded = stage1.decode(z_0, decode_steps, "ddim", generator,
+                                temperature=base.config.decode_temperature if temperature is None else temperature)
         out.append(torch.cat([given, decoded[:, :, given_frames:]], dim=2).cpu())
     return torch.cat(out)
 
@@ -262,17 +272,24 @@ def _final_continuations(config: VideoBaseConfig, ema: VideoLatentDiffusion, sta
         common = (c.frames, c.image_size, c.digit_size)
         backgrounds = moving_digits("heldout", config.sample_count, *common, seed=c.seed + 1, digits=False).clips
         others = moving_digits("heldout", config.sample_count, *common, seed=c.seed + 2).clips
+        others_backgrounds = moving_digits("heldout", config.sample_count, *common, seed=c.seed + 2,
+                                           digits=False).clips
         network, accuracy = train_clip_feature_net(c.frames - given, c.image_size, c.digit_size,
                                                    count=min(1024, 32 * config.feature_net_steps),
                                                    steps=config.feature_net_steps, seed=config.seed)
         torch.save(network.state_dict(), run_dir / "clip_feature_net.pt")
-        reference = network.features(others[:, :, given:])
+        reference = network.features(others[:, :, given:], others_backgrounds[:, :, given:])
         measured = reference_scores(truth, backgrounds, given, c.digit_size, network, reference)
         measured["base"] = continuation_scores(continued, truth, backgrounds, given, c.digit_size, network, reference)
         for name, values in measured.items():
             scores.setdefault(name, {}).update(values)
+        scores["base_minus_copy_last_frame"] = paired_centroid_difference(
+            continued, copy_last_frame(clips, given), truth, backgrounds, given, c.digit_size)
         units.update({"centroid_error_px": "mean distance (px) from the located digit to the true centre over the "
-                                           "continued frames", "identity": "fraction of continued frames whose digit "
+                                           "continued frames", "base_minus_copy_last_frame": "clip by clip, the continuation's centroid error minus the "
+                                                   "copy-last baseline's (px; negative: the continuation is closer): "
+                                                   "mean, standard error, fraction of clips closer",
+                      "identity": "fraction of continued frames whose digit "
                                            "ClipFeatureNet names as the clip's", "fd_clip_features":
                           f"squared Fréchet distance in ClipFeatureNet's clip features (trained here; held-out digit "
                           f"accuracy {accuracy['digit_accuracy']:.1%}) to the continued frames of {config.sample_count} "
@@ -282,7 +299,9 @@ def _final_continuations(config: VideoBaseConfig, ema: VideoLatentDiffusion, sta
     return {"bpp_base": result["eval_bpp_base"], "bpp_prior": result["eval_bpp_prior"],
             "eval_latents": result["eval_latents"], "continued_clips": config.sample_count, "given_frames": given,
             "generated_frames": c.frames - given, "sample_steps": config.sample_steps,
-            "decode_steps": config.decode_steps, "stage1_run": config.stage1_run, "scores": scores,
+            "decode_steps": config.decode_steps, "sample_method": config.sample_method,
+            "decode_temperature": config.decode_temperature,
+            "stage1_run": config.stage1_run, "scores": scores,
             "parameters": {"base": sum(p.numel() for p in ema.parameters()),
                            "stage1_prior": sum(p.numel() for p in stage1.prior.parameters())},
             "units": {"bpp_base": "bits per pixel per continued frame: the base model's unweighted ELBO bound on the "

@@ -100,7 +100,9 @@ def export_video_demo(stage1_run: str | Path, stage2_run: str | Path, dest: str 
     truth = moving_digits("heldout", count, c.frames, c.image_size, c.digit_size, seed=c.seed + 1).clips
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        reconstructions = stage1.reconstruct(truth, 32, generator=generator)
+        # decoded from the mean, as the continuations are: what the latents hold, without the decoder's invented grain
+        reconstructions = stage1.reconstruct(truth, 32, generator=generator,
+                                             temperature=base.config.decode_temperature)
         continuations = continue_clips(base, stage1, truth, base.config.sample_steps, base.config.decode_steps,
                                        generator=generator)
     torch.save({"original": to_uint8(truth), "reconstruction": to_uint8(reconstructions),

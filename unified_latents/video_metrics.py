@@ -13,8 +13,8 @@ from .metrics import frechet_distance_of
 from .video_data import moving_digits
 
 # %% auto #0
-__all__ = ['locate_digits', 'centroid_errors', 'copy_last_frame', 'ClipFeatureNet', 'train_clip_feature_net',
-           'continuation_scores', 'reference_scores']
+__all__ = ['locate_digits', 'centroid_errors', 'copy_last_frame', 'digit_crops', 'ClipFeatureNet', 'train_clip_feature_net',
+           'continuation_scores', 'reference_scores', 'paired_centroid_difference']
 
 # %% ../nbs/25_video_metrics.ipynb #18bc859a
 def locate_digits(clips: Tensor, backgrounds: Tensor, digit_size: int) -> Tensor:
@@ -45,47 +45,66 @@ def copy_last_frame(clips: Tensor, given_frames: int) -> Tensor:
     return torch.cat([clips[:, :, :given_frames], last.expand(-1, -1, clips.shape[2] - given_frames, -1, -1)], dim=2)
 
 # %% ../nbs/25_video_metrics.ipynb #f06552ab
-class ClipFeatureNet(nn.Module):
-    "Per-frame digit logits (N, T, 10) and clip features (N, feature_dim) — which know the velocity — of clips (N, C, T, S, S)."
+def digit_crops(clips: Tensor, backgrounds: Tensor, digit_size: int) -> tuple[Tensor, Tensor]:
+    """The `digit_size` box of every frame of clips (N, C, T, S, S) where the digit was located against the
+    backgrounds, (N·T, C, d, d), and the located centres (N, T, 2)."""
+    count, _, frames = clips.shape[:3]
+    centres = locate_digits(clips, backgrounds, digit_size)
+    corners = (centres - (digit_size - 1) / 2).round().long().flatten(0, 1)  # (N·T, 2), inside the frame
+    frames_first = clips.float().transpose(1, 2).flatten(0, 1)  # (N·T, C, S, S)
+    offsets = torch.arange(digit_size, device=clips.device)
+    rows = (corners[:, :1] + offsets)[:, :, None]
+    columns = (corners[:, 1:] + offsets)[:, None, :]
+    crops = frames_first[torch.arange(count * frames, device=clips.device)[:, None, None], :, rows, columns]
+    return crops.permute(0, 3, 1, 2), centres  # advanced indexing put the channels last
 
-    def __init__(self, image_channels: int = 3, width: int = 32, feature_dim: int = 32):
+
+class ClipFeatureNet(nn.Module):
+    """Per-frame digit logits (N, T, 10) and clip features (N, feature_dim) — which know the velocity — of clips
+    (N, C, T, S, S), read through their backgrounds (the same clips without the digit)."""
+
+    def __init__(self, image_channels: int = 3, digit_size: int = 16, width: int = 32, feature_dim: int = 32):
         super().__init__()
+        self.digit_size = digit_size
         self.frame = nn.Sequential(
-            nn.Conv2d(image_channels, width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            nn.Conv2d(image_channels, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, 2 * width), nn.GELU())
         self.digit = nn.Linear(2 * width, 10)
-        self.motion = nn.Sequential(nn.Conv1d(2 * width, feature_dim, 3, padding=1), nn.GELU())
+        # frame features + where the box is (2, in [−1, 1]) + how far it moved since the frame before (2, px)
+        self.motion = nn.Sequential(nn.Conv1d(2 * width + 4, feature_dim, 3, padding=1), nn.GELU())
         self.velocity = nn.Linear(feature_dim, 2)
 
-    def per_frame(self, clips: Tensor) -> Tensor:
-        "Frame features (N, T, 2·width)."
-        count, _, frames = clips.shape[:3]
-        return self.frame(clips.float().transpose(1, 2).flatten(0, 1)).view(count, frames, -1)
-
-    def forward(self, clips: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, clips: Tensor, backgrounds: Tensor) -> tuple[Tensor, Tensor]:
         "(digit logits per frame (N, T, 10), clip features (N, feature_dim))."
-        frames = self.per_frame(clips)
-        return self.digit(frames), self.motion(frames.transpose(1, 2)).mean(-1)
+        count, _, frames, size = clips.shape[:4]
+        crops, centres = digit_crops(clips, backgrounds, self.digit_size)
+        per_frame = self.frame(crops).view(count, frames, -1)
+        moved = torch.diff(centres, dim=1, prepend=centres[:, :1])
+        track = torch.cat([per_frame, centres / (size - 1) * 2 - 1, moved], dim=-1)
+        return self.digit(per_frame), self.motion(track.transpose(1, 2)).mean(-1)
 
-    def features(self, clips: Tensor) -> Tensor:
+    def features(self, clips: Tensor, backgrounds: Tensor) -> Tensor:
         "The clip features the Fréchet distance compares."
-        return self(clips)[1]
+        return self(clips, backgrounds)[1]
 
 
 def train_clip_feature_net(frames: int = 12, size: int = 32, digit_size: int = 16, count: int = 1024,
                            steps: int = 300, seed: int = 0, batch_size: int = 32) -> tuple[ClipFeatureNet, dict]:
     "Train ClipFeatureNet on fresh moving-digit clips; returns it (eval mode) and its held-out digit accuracy and velocity error."
-    clips = moving_digits("train", count, frames, size, digit_size, seed=seed + 10_000)  # clips no model trained on
+    make = lambda split, n, seed, digits=True: moving_digits(split, n, frames, size, digit_size, seed=seed,
+                                                             digits=digits)
+    clips, backgrounds = make("train", count, seed + 10_000), make("train", count, seed + 10_000, False).clips
     velocity = (clips.centres[:, -1] - clips.centres[:, 0]) / max(frames - 1, 1)  # px a frame (bounces shorten it)
-    held = moving_digits("heldout", 256, frames, size, digit_size, seed=seed + 10_001)
+    held, held_backgrounds = make("heldout", 256, seed + 10_001), make("heldout", 256, seed + 10_001, False).clips
     torch.manual_seed(seed)
-    network = ClipFeatureNet()
+    network = ClipFeatureNet(digit_size=digit_size)
     optimizer = torch.optim.AdamW(network.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         pick = torch.randint(count, (batch_size,), generator=generator)
-        logits, features = network(clips.clips[pick])
+        logits, features = network(clips.clips[pick], backgrounds[pick])
         loss = F.cross_entropy(logits.flatten(0, 1), clips.labels[pick].repeat_interleave(frames)) \
             + F.mse_loss(network.velocity(features), velocity[pick])
         optimizer.zero_grad(set_to_none=True)
@@ -93,7 +112,7 @@ def train_clip_feature_net(frames: int = 12, size: int = 32, digit_size: int = 1
         optimizer.step()
     network.eval().requires_grad_(False)
     with torch.no_grad():
-        logits, features = network(held.clips)
+        logits, features = network(held.clips, held_backgrounds)
         held_velocity = (held.centres[:, -1] - held.centres[:, 0]) / max(frames - 1, 1)
         report = {"digit_accuracy": (logits.argmax(-1) == held.labels[:, None]).float().mean().item(),
                   "velocity_error_px": (network.velocity(features) - held_velocity).norm(dim=-1).mean().item()}
@@ -107,7 +126,7 @@ def continuation_scores(continuations: Tensor, truth, backgrounds: Tensor, given
     `reference_features` (real continued frames of other clips), for continuations (N, C, T, S, S) of `truth`."""
     future = slice(given_frames, None)
     errors = centroid_errors(locate_digits(continuations, backgrounds, digit_size), truth.centres)[:, future]
-    logits, features = network(continuations[:, :, future])
+    logits, features = network(continuations[:, :, future], backgrounds[:, :, future])
     identity = (logits.argmax(-1) == truth.labels[:, None]).float().mean().item()
     return {"centroid_error_px": errors.mean().item(),
             "centroid_error_px_per_frame": [round(v, 3) for v in errors.mean(0).tolist()],
@@ -120,3 +139,18 @@ def reference_scores(truth, backgrounds: Tensor, given_frames: int, digit_size: 
     score = lambda clips: continuation_scores(clips, truth, backgrounds, given_frames, digit_size, network,
                                               reference_features)
     return {"real": score(truth.clips), "copy_last_frame": score(copy_last_frame(truth.clips, given_frames))}
+
+
+@torch.no_grad()
+def paired_centroid_difference(continuations: Tensor, baseline: Tensor, truth, backgrounds: Tensor,
+                               given_frames: int, digit_size: int) -> dict:
+    """Clip by clip, the centroid error of `continuations` minus that of `baseline` (both (N, C, T, S, S) of the
+    same clips), averaged over the continued frames: its mean, its standard error, and the fraction of clips where
+    the continuation is the closer of the two. Negative means the continuation follows the true path better."""
+    future = slice(given_frames, None)
+    per_clip = lambda clips: centroid_errors(locate_digits(clips, backgrounds, digit_size),
+                                             truth.centres)[:, future].mean(1)
+    difference = per_clip(continuations) - per_clip(baseline)
+    return {"mean_px": difference.mean().item(),
+            "standard_error_px": (difference.std() / len(difference) ** 0.5).item() if len(difference) > 1 else 0.0,
+            "fraction_closer": (difference < 0).float().mean().item(), "clips": len(difference)}
