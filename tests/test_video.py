@@ -198,7 +198,7 @@ def test_ul_train_on_a_folder_of_real_video_files(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "video-demo", "--temporal_downsampling", "3"], "temporal_downsampling"),
-    (["--preset", "video-demo", "--frames", "10"], "frames must be a multiple of temporal_downsampling"),
+    (["--preset", "video-demo", "--frames", "9"], "frames must be a multiple of temporal_downsampling"),
     (["--preset", "demo", "--digit_size", "8"], "--digit_size belong(s) to video runs"),
     (["--preset", "video-smoke", "--dataset", "videofolder", "--data_root", "/nonexistent"], "video folder not found"),
 ])

@@ -243,7 +243,7 @@ TRAIN_EXAMPLES = """\
   ul_train --preset demo --steps 300 --loss_factor 10 --out_dir runs/short
   ul_train --config runs/demo/config.json --out_dir runs/again --seed 1   # a run's settings, one changed
   ul_train --preset imagenet512 --dry_run                 # the paper's architecture: config, sizes, FLOPs
-  ul_train --preset video-demo                            # clips of moving digits (about 10 min), runs/video-demo
+  ul_train --preset video-demo                            # clips of moving digits (about 9 min), runs/video-demo
   ul_train --preset kinetics600 --dry_run                 # the paper's video shape: sizes and FLOPs per clip
   ul_train --preset video-demo --dataset videofolder --data_root my_videos/ --out_dir runs/mine
   torchrun --standalone --nproc_per_node 2 -m unified_latents --preset demo --out_dir runs/ddp
@@ -515,7 +515,7 @@ DEMO_EXAMPLES = """\
   ul_demo                                                 # about 20 min on a 2-core CPU, into runs/
   ul_demo --out_dir /tmp/ul --device cuda
   ul_demo --smoke                                         # tiny models, a few steps: the plumbing in seconds
-  ul_demo --video                                         # clips: about 20 min on a 2-core CPU, into runs/video-demo*
+  ul_demo --video                                         # clips: about 15 min on a 2-core CPU, into runs/video-demo*
   ul_demo --video --export                                # and ship the result with the package (the notebooks read it)
 """
 
