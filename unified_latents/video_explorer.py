@@ -45,7 +45,9 @@ class ClipScrubber:
         self.clip = w.Dropdown(options=[(title, i) for i, title in enumerate(titles)], description="clip")
         self.frame = w.IntSlider(value=0, min=0, max=frames - 1, description="frame", continuous_update=True)
         self.play = w.Play(value=0, min=0, max=frames - 1, interval=interval_ms, description="play")
-        w.jslink((self.play, "value"), (self.frame, "value"))
+        # linked in the kernel (the pictures need it anyway): a front-end jslink stores a link model whose
+        # (widget, name) pair breaks nbdev's docs processing when the notebook's widget state is saved
+        w.link((self.play, "value"), (self.frame, "value"))
         self.readout = w.HTML().add_class("ul-frame-readout")
         self.pictures = {name: w.Image(format="png", width=str(height * scale)).add_class("ul-frame")
                          for name in self.clips}
