@@ -22,8 +22,8 @@ from torch.utils.data import Dataset, Subset
 __all__ = ['SPLITS', 'DATASETS', 'NEVER_DOWNLOADS', 'PHOTOS', 'PHOTO_SIDE', 'PHOTO_COUNTS', 'SKLEARN_PHOTOS', 'COLOUR_ORDERS',
            'CIFAR10_FILES', 'MNIST_FILES', 'IMAGE_EXTENSIONS', 'SPLIT_FOLDERS', 'HELDOUT_EVERY', 'DatasetNotFoundError',
            'check_split', 'to_unit_range', 'TensorImages', 'load_photo', 'CropPlan', 'crop_plan', 'photo_patches',
-           'colour_orders', 'permute_colours', 'cifar10_images', 'mnist_images', 'load_image', 'ImageFolderImages',
-           'load_images', 'image_channels', 'dataset_tensor']
+           'colour_orders', 'permute_colours', 'cifar10_images', 'mnist_images', 'load_image', 'split_candidates',
+           'pooled_share', 'ImageFolderImages', 'load_images', 'image_channels', 'dataset_tensor']
 
 # %% ../nbs/09_data.ipynb #c7b0bdb8
 SPLITS: tuple[str, ...] = ("train", "heldout")
@@ -228,6 +228,28 @@ def load_image(path: str | Path, image_size: int) -> Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 # %% ../nbs/09_data.ipynb #7a01a2a4
+def split_candidates(root: Path, split: str | None, extensions: tuple[str, ...],
+                     layout: str) -> tuple[Path, list[Path], bool]:
+    """The folder that holds `split` under `root`, its files with one of `extensions` (sorted, hidden ones left out),
+    and whether the split is *pooled*: with no split folders (train/, val/, …) under root — or no split asked
+    for — the files are root's own, and `pooled_share` picks the split's share of them."""
+    folder, pooled = root, split is not None
+    if split is not None and any((root / n).is_dir() for names in SPLIT_FOLDERS.values() for n in names):
+        found = [root / n for n in SPLIT_FOLDERS[split] if (root / n).is_dir()]
+        if not found:
+            raise DatasetNotFoundError(f"no {split} folder at {root}: it has split folders but none of "
+                                       f"{SPLIT_FOLDERS[split]}; {layout}.")
+        folder, pooled = found[0], False
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return folder, files, pooled
+
+
+def pooled_share(files: list[Path], split: str) -> list[Path]:
+    "The split's share of a pooled folder's files: every HELDOUT_EVERY-th one (in sorted order) is held out."
+    return [p for i, p in enumerate(files) if (i % HELDOUT_EVERY == 0) == (split == "heldout")]
+
+
 class ImageFolderImages(Dataset):
     "The images under `<root>/<class>/` or a flat `<root>` as RGB (3, S, S) in [-1, 1]; unreadable files are skipped."
 
@@ -243,18 +265,10 @@ class ImageFolderImages(Dataset):
             raise DatasetNotFoundError(f"image folder not found at {self.root}: {layout}.")
         if split is not None:
             check_split(split)
-        folder, pooled = self.root, split is not None  # pooled: no split folders, every tenth image is held out
-        if split is not None and any((self.root / n).is_dir() for names in SPLIT_FOLDERS.values() for n in names):
-            found = [self.root / n for n in SPLIT_FOLDERS[split] if (self.root / n).is_dir()]
-            if not found:
-                raise DatasetNotFoundError(f"no {split} folder at {self.root}: it has split folders but none of "
-                                           f"{SPLIT_FOLDERS[split]}; {layout}.")
-            folder, pooled = found[0], False
-        candidates = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                            and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        folder, candidates, pooled = split_candidates(self.root, split, IMAGE_EXTENSIONS, layout)
         self.files = [p for p in candidates if not verify or self._readable(p)]
         if pooled:
-            self.files = [p for i, p in enumerate(self.files) if (i % HELDOUT_EVERY == 0) == (split == "heldout")]
+            self.files = pooled_share(self.files, split)
         if not self.files:
             raise DatasetNotFoundError(f"no readable images for split {split!r} under {folder} "
                                        f"({len(candidates)} candidate files): {layout}.")

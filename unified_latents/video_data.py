@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from unified_latents.data import (
-    HELDOUT_EVERY, NEVER_DOWNLOADS, SPLIT_FOLDERS, DatasetNotFoundError, TensorImages, check_split, load_photo,
+    NEVER_DOWNLOADS, DatasetNotFoundError, TensorImages, check_split, load_photo, pooled_share, split_candidates,
 )
 
 # %% auto #0
@@ -178,17 +178,9 @@ class VideoFolderClips(TensorImages):
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"video folder not found at {self.root}: {layout}.")
         check_split(split)
-        folder, pooled = self.root, True
-        if any((self.root / n).is_dir() for names in SPLIT_FOLDERS.values() for n in names):
-            found = [self.root / n for n in SPLIT_FOLDERS[split] if (self.root / n).is_dir()]
-            if not found:
-                raise DatasetNotFoundError(f"no {split} folder at {self.root}: it has split folders but none of "
-                                           f"{SPLIT_FOLDERS[split]}; {layout}.")
-            folder, pooled = found[0], False
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        folder, files, pooled = split_candidates(self.root, split, VIDEO_EXTENSIONS, layout)
         if pooled:
-            files = [p for i, p in enumerate(files) if (i % HELDOUT_EVERY == 0) == (split == "heldout")]
+            files = pooled_share(files, split)
         clips, self.sources = [], []
         for path in files:
             try:
