@@ -44,6 +44,20 @@ def wait_for_metrics(process, run_dir, timeout=120):
 ENTRY = {"ul_train": "cli import train_main", "ul_reconstruct": "cli import reconstruct_main"}
 
 
+def kill_after_first_checkpoint(args, run_dir, timeout=120):
+    "Start `ul_train *args` into run_dir, SIGKILL it once its first checkpoint is on disk; the checkpoint's step."
+    process = subprocess.Popen(cli_command("ul_train", *args, "--out_dir", run_dir),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (Path(run_dir) / "checkpoints" / "latest").exists():
+        assert process.poll() is None, "the run finished before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return load_checkpoint(run_dir)["step"]
+
+
 def shutil_which(name):
     from shutil import which
     return which(name)
@@ -72,16 +86,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert reference.returncode == 0, reference.stderr
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(cli_command("ul_train", *args, "--out_dir", killed_dir),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed_dir / "checkpoints" / "latest").exists():
-        assert process.poll() is None, "the run finished before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    first = load_checkpoint(killed_dir)["step"]
+    first = kill_after_first_checkpoint(args, killed_dir)
     assert first < 120
 
     resumed = run_cli("ul_train", *args, "--out_dir", killed_dir)

@@ -2,16 +2,13 @@
 trained smoke models, a real `ul_train` video run killed and resumed bit-identically, a run on a folder of real video
 files, and run folders of the other kind refused by name."""
 import json
-import signal
-import subprocess
-import time
 
 import av
 import numpy as np
 import pytest
 import torch
 
-from test_cli_train import cli_command, run_cli
+from test_cli_train import kill_after_first_checkpoint, run_cli
 from unified_latents.base import load_base_run
 from unified_latents.run_folder import load_checkpoint, load_run
 from unified_latents.video_base import (
@@ -145,16 +142,7 @@ def test_a_killed_video_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert "bits per pixel per frame" in reference.stdout
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(cli_command("ul_train", *args, "--out_dir", killed_dir),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed_dir / "checkpoints" / "latest").exists():
-        assert process.poll() is None, "the run finished before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert load_checkpoint(killed_dir)["step"] < 60
+    assert kill_after_first_checkpoint(args, killed_dir) < 60
 
     resumed = run_cli("ul_train", *args, "--out_dir", killed_dir)
     assert resumed.returncode == 0, resumed.stderr
